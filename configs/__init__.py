@@ -1,0 +1,1 @@
+"""Model presets as data (TOML files), shipped as package data of ``jaxvdm.configs``."""

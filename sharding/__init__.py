@@ -1,0 +1,11 @@
+"""Parallel strategies over a ``jax.sharding.Mesh``: one module per strategy, mesh helpers and
+communication accounting.
+
+This folder installs as ``jaxvdm.sharding``; it is never importable as a bare ``sharding`` package.
+"""
+
+if __name__ != "jaxvdm.sharding":
+    raise ImportError(
+        f"this folder is the package 'jaxvdm.sharding' and cannot be imported as '{__name__}'; "
+        "install jaxvdm (pip install -e .) and import jaxvdm.sharding instead"
+    )
