@@ -1,0 +1,112 @@
+"""Attention kernels, pluggable into the Wan DiT.
+
+An attention function takes ``q [B, Sq, H, Dh]``, ``k, v [B, Sk, H, Dh]`` and an optional ``kv_len``
+(an int or a traced int32 scalar): keys at positions ``>= kv_len`` are masked out (padding always sits
+at the end of the key sequence in jaxvdm). It returns ``[B, Sq, H, Dh]`` in ``q.dtype``. The softmax
+scale is ``1/sqrt(Dh)``, as in the reference.
+
+Backends:
+
+* ``"xla"`` — einsum + softmax with float32 accumulation. Exact reference on CPU; materialises the
+  ``[B, H, Sq, Sk]`` scores, so it is for small sequences.
+* ``"xla_chunked"`` — the same maths with queries processed in chunks (bounded memory), for CPU/TPU or
+  GPU without cuDNN at long sequences.
+* ``"cudnn"`` — fused flash attention through ``jax.nn.dot_product_attention(implementation="cudnn")``
+  (GPU, bf16/fp16 inputs).
+* ``"auto"`` — cuDNN on GPU for half-precision inputs, XLA otherwise.
+
+:func:`attention_with_lse` additionally returns the log-sum-exp of each query row, which Ring attention
+needs to merge partial results.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["AttentionFn", "xla_attention", "xla_chunked_attention", "cudnn_attention", "attention_with_lse",
+           "get_attention", "BACKENDS"]
+
+AttentionFn = Callable[..., jax.Array]
+_NEG = -1e30
+
+
+def _scores(q, k, kv_len):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if kv_len is not None:
+        valid = jnp.arange(k.shape[1]) < kv_len
+        s = jnp.where(valid[None, None, None, :], s, _NEG)
+    return s
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_len=None) -> jax.Array:
+    """Plain softmax attention, float32 accumulation. Shapes as in the module docstring."""
+    s = _scores(q, k, kv_len)
+    p = jax.nn.softmax(s, axis=-1)
+    o = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return o.astype(q.dtype)
+
+
+def attention_with_lse(q: jax.Array, k: jax.Array, v: jax.Array, kv_len=None) -> tuple[jax.Array, jax.Array]:
+    """Softmax attention returning ``(out [B,Sq,H,Dh] float32, lse [B,H,Sq] float32)``.
+
+    ``lse`` is ``log(sum_k exp(score))`` per query row (``-1e30``-ish when every key is masked), so
+    partial results over disjoint key sets can be merged exactly.
+    """
+    s = _scores(q, k, kv_len)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.exp(s - m)
+    l = jnp.sum(p, axis=-1, keepdims=True)
+    o = jnp.einsum("bhqk,bkhd->bqhd", (p / l).astype(v.dtype), v, preferred_element_type=jnp.float32)
+    lse = (m + jnp.log(l))[..., 0]
+    return o, lse
+
+
+def xla_chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_len=None, *, chunk: int = 1024) -> jax.Array:
+    """:func:`xla_attention` over query chunks of ``chunk`` tokens (memory ``B*H*chunk*Sk``)."""
+    b, sq, h, d = q.shape
+    if sq <= chunk:
+        return xla_attention(q, k, v, kv_len)
+    n = -(-sq // chunk)
+    qp = jnp.pad(q, ((0, 0), (0, n * chunk - sq), (0, 0), (0, 0))).reshape(b, n, chunk, h, d)
+    out = jax.lax.map(lambda qc: xla_attention(qc, k, v, kv_len), jnp.moveaxis(qp, 1, 0))
+    return jnp.moveaxis(out, 0, 1).reshape(b, n * chunk, h, d)[:, :sq]
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_len=None) -> jax.Array:
+    """cuDNN fused attention (GPU; q, k, v in bf16 or fp16)."""
+    lengths = None
+    if kv_len is not None:
+        lengths = jnp.full((q.shape[0],), kv_len, jnp.int32)
+    return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
+
+
+def _auto_attention(q, k, v, kv_len=None):
+    on_gpu = jax.default_backend() == "gpu"
+    if on_gpu and q.dtype in (jnp.bfloat16, jnp.float16):
+        return cudnn_attention(q, k, v, kv_len)
+    if q.shape[1] * k.shape[1] * q.shape[2] * q.shape[0] > (1 << 28):
+        return xla_chunked_attention(q, k, v, kv_len)
+    return xla_attention(q, k, v, kv_len)
+
+
+BACKENDS: dict[str, AttentionFn] = {
+    "xla": xla_attention,
+    "xla_chunked": xla_chunked_attention,
+    "cudnn": cudnn_attention,
+    "auto": _auto_attention,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def get_attention(name: str | None = "auto") -> AttentionFn:
+    """The attention function called ``name`` (``None`` means ``"auto"``)."""
+    name = name or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
+    return BACKENDS[name]
