@@ -1,0 +1,93 @@
+"""Meshes and placement helpers.
+
+jaxvdm names mesh axes after the strategy that owns them: ``cfg`` (classifier-free-guidance pair),
+``sp`` (Ulysses / Ring sequence parallelism), ``fsdp`` (weight sharding), ``lp`` (Latent Parallelism),
+``step`` (ParaStep), ``stage`` (DualParal pipeline stages).
+
+Meshes made here use ``AxisType.Explicit`` axes (the default of newer JAX). jaxvdm never relies on
+implicit resharding: every input is placed with :func:`place` before a jitted call, so a user's mesh
+with ``Auto`` axes works the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+__all__ = ["AXES", "make_mesh", "parse_mesh_spec", "axis_size", "place", "replicated", "mesh_shape"]
+
+AXES = ("cfg", "lp", "step", "stage", "fsdp", "sp")
+
+
+def make_mesh(axes: Mapping[str, int] | None = None, /, *, devices=None, **sizes: int) -> Mesh:
+    """A mesh with the given axis sizes over the first ``prod(sizes)`` available devices.
+
+    ``make_mesh(cfg=2, sp=4)`` or ``make_mesh({"cfg": 2, "sp": 4})``. Axes keep the order given.
+    A mesh smaller than the device count takes the first devices; a larger one is an error naming
+    both numbers.
+    """
+    spec = dict(axes or {})
+    spec.update(sizes)
+    if not spec:
+        raise ValueError("make_mesh needs at least one axis, e.g. make_mesh(sp=4)")
+    for name, n in spec.items():
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"mesh axis {name!r} must have a positive integer size, got {n!r}")
+    devices = list(jax.devices() if devices is None else devices)
+    need = math.prod(spec.values())
+    if need > len(devices):
+        raise ValueError(
+            f"mesh {format_mesh(spec)} needs {need} devices but only {len(devices)} are available; "
+            "use smaller axis sizes"
+        )
+    arr = np.array(devices[:need], dtype=object).reshape(tuple(spec.values()))
+    return Mesh(arr, tuple(spec), axis_types=(AxisType.Explicit,) * len(spec))
+
+
+def format_mesh(spec: Mapping[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in spec.items())
+
+
+def parse_mesh_spec(text: str) -> dict[str, int]:
+    """Parses ``"cfg=2,lp=4"`` into ``{"cfg": 2, "lp": 4}``; raises ValueError naming the bad part."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or not name or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"bad mesh axis {part!r}: write axis=size, e.g. --mesh cfg=2,sp=4")
+        if name in out:
+            raise ValueError(f"mesh axis {name!r} given twice in {text!r}")
+        out[name] = int(value)
+    if not out:
+        raise ValueError(f"empty mesh spec {text!r}: write axis=size, e.g. --mesh cfg=2,sp=4")
+    return out
+
+
+def mesh_shape(mesh: Mesh | None) -> dict[str, int]:
+    """``{axis: size}`` of a mesh (empty for None)."""
+    return {} if mesh is None else dict(mesh.shape)
+
+
+def axis_size(mesh: Mesh | None, name: str) -> int:
+    """Size of axis ``name`` (1 if the mesh is None or lacks it)."""
+    return 1 if mesh is None else int(mesh.shape.get(name, 1))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def place(tree, mesh: Mesh | None, specs=None):
+    """``device_put`` every leaf of ``tree`` on ``mesh`` with ``specs`` (a matching tree of
+    PartitionSpecs, or None for replicated). With ``mesh=None`` the tree is returned as jax arrays."""
+    if mesh is None:
+        return jax.tree.map(jax.numpy.asarray, tree)
+    if specs is None:
+        sh = replicated(mesh)
+        return jax.tree.map(lambda a: jax.device_put(a, sh), tree)
+    return jax.tree.map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), tree, specs)

@@ -1,0 +1,159 @@
+"""One guided prediction, composed from the predict transforms of a :class:`~jaxvdm.sharding.registry.Plan`.
+
+:func:`guided_prediction` is per-device code (it runs inside ``shard_map`` over the whole mesh, or
+plainly on one device). Reading it top to bottom is reading the composition:
+
+1. **lp** — cut this device's latent window (a static partition for this step), remembering its global
+   token offset for the rotary positions;
+2. **cfg** — pick this device's half of the (cond, uncond) pair, or batch both;
+3. **ulysses / ring / fsdp** — split the window's tokens over the sequence axes; self-attention
+   communicates inside, everything else is per token; weights of fsdp are gathered per layer;
+4. the model's head, tokens gathered back, unpatchified;
+5. **cfg** — exchange the pair once (all-gather) and apply guidance;
+6. **lp** — weight the window by its blend weights, place it in a zero latent, ``psum`` over ``lp``.
+
+Outside of this function nothing about the model changes: it is the one ``WanTransformer``, called
+with other tokens, positions and attention functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from jaxvdm.models.wan import rope as rope_lib
+from jaxvdm.models.wan.attention import get_attention
+from jaxvdm.models.wan.transformer import Conditioning, WanTransformer, unpatchify
+from jaxvdm.sharding import fsdp as fsdp_lib
+from jaxvdm.sharding import sequence
+from jaxvdm.sharding.registry import Plan
+
+__all__ = ["LPWindow", "guided_prediction", "model_forward", "state_specs", "shard_map"]
+
+
+def shard_map(f, *, mesh, in_specs, out_specs):
+    """``jax.shard_map`` with replication checks off: jaxvdm's outputs marked ``P()`` are replicated
+    by construction (results of ``psum``/``all_gather`` or identical replays), which the checker of
+    some JAX versions cannot prove."""
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LPWindow:
+    """This step's Latent Parallelism partition (static, host-computed).
+
+    axis: latent dim of the partition (2 = T, 3 = H, 4 = W), or None for an exact full-latent step.
+    length: window length in latent indices (the same on every device).
+    starts: ``[K]`` window starts in latent indices (multiples of the patch size).
+    weights: ``[K, length]`` normalised blend weights (they sum to 1 over windows at every index).
+    """
+
+    axis: int | None
+    length: int
+    starts: np.ndarray
+    weights: np.ndarray
+
+    def key(self):
+        return (self.axis, self.length, tuple(self.starts.tolist()), self.weights.tobytes())
+
+
+def state_specs(state, plan: Plan):
+    """PartitionSpecs for the model state under ``plan`` (block weights sharded on fsdp, else replicated)."""
+    return fsdp_lib.param_specs(state, plan.fsdp_axis, plan.size(plan.fsdp_axis))
+
+
+def _block_dims(model: WanTransformer, plan: Plan):
+    n = plan.size(plan.fsdp_axis)
+    state = nnx.state(model)
+    return [d for (path, _), d in zip(jax.tree_util.tree_leaves_with_path(state), fsdp_lib.shard_dims(state, n))
+            if getattr(path[0], "key", None) == "blocks"]
+
+
+def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0, 0), attention: str | None = None,
+                  block_dims=None):
+    """The transformer on ``x [b, C, T, H, W]`` with tokens split over the plan's sequence axes.
+
+    Per-device code. ``t [b]``, ``ctx [b, L, text_dim]``; ``offset`` is the token offset of ``x`` in
+    the full video. Returns the velocity ``[b, C, T, H, W]`` float32, replicated over the sequence axes.
+    """
+    cfg = model.config
+    grid = cfg.token_grid(x.shape[2:])
+    tokens = model.embed_tokens(x)
+    temb, tproj, context = model.embed_condition(t, ctx)
+    positions = rope_lib.grid_positions(grid, offset)
+    seq_axes = tuple(a for a in (plan.fsdp_axis, plan.sp_axis) if a)  # slowest first
+    s = tokens.shape[1]
+    local = get_attention(attention)
+    attn = local
+    hook = None
+    if plan.fsdp_axis:
+        attn = sequence.allgather_kv(plan.fsdp_axis, attn)
+        hook = fsdp_lib.gather_hook(block_dims if block_dims is not None else _block_dims(model, plan), plan.fsdp_axis)
+    if plan.sp_kind == "ulysses":
+        attn = sequence.ulysses(plan.sp_axis, attn)
+    elif plan.sp_kind == "ring":
+        attn = sequence.ring(plan.sp_axis)
+    if seq_axes:
+        tokens = sequence.shard_tokens(tokens, seq_axes)
+        positions = sequence.shard_tokens(positions, seq_axes, axis=0)
+    cos, sin = model.rope(positions)
+    h = model.run_blocks(tokens, Conditioning(tproj, context, cos, sin), self_attention=attn,
+                         cross_attention=local, kv_len=s if seq_axes else None, param_hook=hook)
+    out = model.head_tokens(h, temb)
+    if seq_axes:
+        out = sequence.gather_tokens(out, seq_axes, s)
+    return unpatchify(out, grid, cfg.patch_size, cfg.out_channels)
+
+
+def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan, lp: LPWindow | None = None,
+                      attention: str | None = None, block_dims=None):
+    """The guided velocity for the full latent ``x [1, C, T, H, W]`` at timestep ``t`` (scalar).
+
+    Per-device code. ``ctx`` is ``[2, L, text_dim]`` (cond, uncond) with guidance, or ``[1, L, ·]``
+    without; ``guidance`` a float32 scalar. Returns ``[1, C, T, H, W]`` float32, identical on every
+    device of the mesh.
+    """
+    patch = model.config.patch_size
+    lp_on = lp is not None and lp.axis is not None
+    if lp_on:
+        k = lax.axis_index(plan.lp_axis)
+        start = jnp.asarray(lp.starts, jnp.int32)[k]
+        xw = lax.dynamic_slice_in_dim(x, start, lp.length, axis=lp.axis)
+        offset = [0, 0, 0]
+        offset[lp.axis - 2] = start // patch[lp.axis - 2]
+    else:
+        xw, offset = x, [0, 0, 0]
+
+    with_cfg = ctx.shape[0] == 2
+    if with_cfg and plan.cfg_axis:
+        c = lax.axis_index(plan.cfg_axis)
+        ctx_b, xb = lax.dynamic_slice_in_dim(ctx, c, 1, axis=0), xw
+    elif with_cfg:
+        ctx_b, xb = ctx, jnp.concatenate([xw, xw], axis=0)
+    else:
+        ctx_b, xb = ctx, xw
+    tb = jnp.full((xb.shape[0],), t, jnp.float32)
+    v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention, block_dims=block_dims)
+
+    if with_cfg:
+        both = lax.all_gather(v, plan.cfg_axis, axis=0, tiled=True) if plan.cfg_axis else v
+        cond, uncond = both[0:1], both[1:2]
+        v = uncond + guidance * (cond - uncond)
+
+    if lp_on:
+        w = jnp.asarray(lp.weights, jnp.float32)[k]
+        shape = [1] * v.ndim
+        shape[lp.axis] = lp.length
+        placed = lax.dynamic_update_slice_in_dim(jnp.zeros_like(x, jnp.float32), v * w.reshape(shape), start, axis=lp.axis)
+        v = lax.psum(placed, plan.lp_axis)
+    return v
+
+
+def replicated_specs(tree):
+    return jax.tree.map(lambda _: P(), tree)

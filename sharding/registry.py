@@ -1,0 +1,183 @@
+"""The strategy registry: names, mesh axes, options, and validation of a strategy against a mesh.
+
+Every strategy declares the mesh axis it owns and its options with defaults. Strategies that compose
+are joined with ``+`` (``"cfg+ulysses"``, ``"lp+cfg"``, ``"parastep+lp"``); each needs its axis in the
+mesh. A *predict transform* changes how one guided prediction is computed (cfg, ulysses, ring, fsdp,
+lp); a *loop strategy* changes which predictions are evaluated where and when (parastep, dualparal),
+and takes any predict transforms for its inner call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from jax.sharding import Mesh
+
+from jaxvdm.sharding.mesh import format_mesh, mesh_shape
+
+__all__ = ["StrategySpec", "STRATEGIES", "Plan", "resolve", "available_strategies"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategySpec:
+    """A registered strategy.
+
+    name: what users write.
+    axis: the mesh axis it owns (None for "single").
+    kind: "predict" (a predict transform) or "loop" (a loop strategy).
+    options: option name -> default value.
+    exact: whether it reproduces the single-device output (to float rounding).
+    summary: one line for help texts and the README.
+    fixed_size: the axis size it requires, if any.
+    """
+
+    name: str
+    axis: str | None
+    kind: str
+    options: Mapping[str, Any]
+    exact: bool
+    summary: str
+    fixed_size: int | None = None
+
+
+STRATEGIES: dict[str, StrategySpec] = {
+    s.name: s
+    for s in [
+        StrategySpec("single", None, "predict", {}, True, "one device (or the reference on any mesh)"),
+        StrategySpec("cfg", "cfg", "predict", {}, True,
+                     "classifier-free guidance pair split over 2 devices; one exchange of the prediction per step",
+                     fixed_size=2),
+        StrategySpec("ulysses", "sp", "predict", {}, True,
+                     "tokens split over devices; all-to-all to heads around self-attention (any token/head count)"),
+        StrategySpec("ring", "sp", "predict", {}, True,
+                     "tokens split over devices; K/V passed around a ring with online-softmax merging"),
+        StrategySpec("fsdp", "fsdp", "predict", {}, True,
+                     "block weights sharded over devices and gathered per layer; tokens split, K/V all-gathered"),
+        StrategySpec("lp", "lp", "predict",
+                     {"overlap": 0.5, "schedule": "rotate", "ramp": "linear", "r_max": 0.4}, False,
+                     "Latent Parallelism: overlapping latent windows on a rotating axis, blended; only latents move"),
+        StrategySpec("parastep", "step", "loop", {"warmup": 5, "cache": "own"}, False,
+                     "ParaStep: devices evaluate different steps by reuse-then-predict; only outputs move"),
+        StrategySpec("dualparal", "stage", "loop",
+                     {"block_frames": None, "context_frames": None}, False,
+                     "DualParal: frame blocks at staggered noise levels through a pipeline of layer stages"),
+    ]
+}
+
+
+def available_strategies() -> list[str]:
+    return list(STRATEGIES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A strategy resolved against a mesh: which axes do what, and the options (hashable, static)."""
+
+    names: tuple[str, ...]
+    mesh_axes: tuple[tuple[str, int], ...]
+    cfg_axis: str | None = None
+    sp_axis: str | None = None
+    sp_kind: str | None = None  # "ulysses" | "ring"
+    fsdp_axis: str | None = None
+    lp_axis: str | None = None
+    loop: str | None = None  # "parastep" | "dualparal"
+    loop_axis: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, name: str):
+        return dict(self.options)[name]
+
+    def size(self, axis: str | None) -> int:
+        return dict(self.mesh_axes).get(axis, 1) if axis else 1
+
+    @property
+    def exact(self) -> bool:
+        return all(STRATEGIES[n].exact for n in self.names)
+
+    @property
+    def inner_names(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if STRATEGIES[n].kind == "predict" and n != "single")
+
+    def describe(self) -> str:
+        return "+".join(self.names) + (f" on {format_mesh(dict(self.mesh_axes))}" if self.mesh_axes else "")
+
+
+def _freeze(v):
+    if isinstance(v, list):
+        return tuple(v)
+    return v
+
+
+def resolve(strategy: str, mesh: Mesh | None, options: Mapping[str, Any] | None = None) -> Plan:
+    """Validates ``strategy`` (e.g. ``"cfg+ulysses"``) against ``mesh`` and ``options``.
+
+    Raises ValueError naming the problem: an unknown strategy or option, a strategy repeated, two
+    strategies that need the same axis, a missing mesh axis, an axis of the wrong size, a mesh axis no
+    strategy uses, or more than one loop strategy.
+    """
+    options = dict(options or {})
+    if not isinstance(strategy, str) or not strategy.strip():
+        raise ValueError(f"strategy must be a name such as 'single' or 'cfg+ulysses', got {strategy!r}")
+    names = tuple(n.strip() for n in strategy.split("+"))
+    for n in names:
+        if n not in STRATEGIES:
+            raise ValueError(f"unknown strategy {n!r}; available: {', '.join(STRATEGIES)} (join with '+')")
+    if len(set(names)) != len(names):
+        raise ValueError(f"strategy {strategy!r} names a strategy twice")
+    if "single" in names and len(names) > 1:
+        raise ValueError("'single' cannot be combined with other strategies")
+    specs = [STRATEGIES[n] for n in names]
+    loops = [s.name for s in specs if s.kind == "loop"]
+    if len(loops) > 1:
+        raise ValueError(f"at most one loop strategy can run at a time, got {loops}")
+    owners: dict[str, str] = {}
+    for s in specs:
+        if s.axis in owners:
+            raise ValueError(f"{owners[s.axis]!r} and {s.name!r} both need mesh axis {s.axis!r}; pick one")
+        if s.axis:
+            owners[s.axis] = s.name
+    if "ring" in names and "fsdp" in names:
+        raise ValueError("ring+fsdp is not supported; use ulysses+fsdp (or ring without fsdp)")
+
+    shape = mesh_shape(mesh)
+    for s in specs:
+        if s.axis is None:
+            continue
+        if s.axis not in shape:
+            have = format_mesh(shape) if shape else "no mesh"
+            raise ValueError(
+                f"strategy {s.name!r} needs a mesh axis named {s.axis!r}, but the mesh has {have}; "
+                f"e.g. jaxvdm.sharding.make_mesh({s.axis}={s.fixed_size or 2})"
+            )
+        if s.fixed_size is not None and shape[s.axis] != s.fixed_size:
+            raise ValueError(f"strategy {s.name!r} needs mesh axis {s.axis!r} of size {s.fixed_size}, got {shape[s.axis]}")
+    for axis, n in shape.items():
+        if axis not in owners and n > 1:
+            raise ValueError(
+                f"mesh axis {axis!r} has size {n} but strategy {strategy!r} does not use it; "
+                f"add the strategy that owns it or make the axis size 1"
+            )
+
+    known = {k: v for s in specs for k, v in s.options.items()}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        hint = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "none"
+        raise ValueError(f"unknown option(s) {unknown} for strategy {strategy!r}; its options: {hint}")
+    merged = {k: _freeze(options.get(k, v)) for k, v in known.items()}
+
+    loop = loops[0] if loops else None
+    sp = next((n for n in names if n in ("ulysses", "ring")), None)
+    return Plan(
+        names=names,
+        mesh_axes=tuple(shape.items()),
+        cfg_axis="cfg" if "cfg" in names else None,
+        sp_axis="sp" if sp else None,
+        sp_kind=sp,
+        fsdp_axis="fsdp" if "fsdp" in names else None,
+        lp_axis="lp" if "lp" in names else None,
+        loop=loop,
+        loop_axis=STRATEGIES[loop].axis if loop else None,
+        options=tuple(sorted(merged.items())),
+    )
