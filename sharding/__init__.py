@@ -9,3 +9,6 @@ if __name__ != "jaxvdm.sharding":
         f"this folder is the package 'jaxvdm.sharding' and cannot be imported as '{__name__}'; "
         "install jaxvdm (pip install -e .) and import jaxvdm.sharding instead"
     )
+
+from jaxvdm.sharding.mesh import make_mesh, parse_mesh_spec  # noqa: E402,F401
+from jaxvdm.sharding.registry import STRATEGIES, available_strategies, resolve  # noqa: E402,F401

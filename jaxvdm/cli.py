@@ -1,0 +1,202 @@
+"""The ``jaxvdm`` command line.
+
+    jaxvdm generate "a red circle moving left" --output out.mp4 [--mesh lp=4 --strategy lp --cpu-devices 4]
+    jaxvdm convert SRC DST            # a Wan transformer checkpoint -> orbax folder (faster loading)
+    jaxvdm comm --model wan2.1-t2v-1.3b --frames 81 --size 480x832 --mesh sp=4 --strategy ulysses
+
+Bad input (unknown options, impossible sizes, a mesh larger than the device count, an unwritable output
+path) exits with status 2 and a one-line reason before any compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+_SUFFIXES = (".mp4", ".gif", ".npz")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _strategy_option_flags(parser: argparse.ArgumentParser) -> list[str]:
+    from jaxvdm.sharding.registry import STRATEGIES
+
+    names = []
+    group = parser.add_argument_group("strategy options (see --strategy)")
+    for spec in STRATEGIES.values():
+        for opt, default in spec.options.items():
+            if opt in names:
+                continue
+            names.append(opt)
+            kind = type(default) if default is not None else int
+            group.add_argument(f"--{opt.replace('_', '-')}", dest=f"opt_{opt}", type=kind, default=None,
+                               help=f"{spec.name}: default {default!r}")
+    return names
+
+
+def _add_mesh_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mesh", default=None, help="mesh axes, e.g. cfg=2,lp=4 (default: one device)")
+    p.add_argument("--strategy", default="single", help="strategy or composition, e.g. lp, cfg+ulysses")
+    p.add_argument("--cpu-devices", type=int, default=None,
+                   help="simulate this many CPU devices (to try multi-device strategies without accelerators)")
+
+
+def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
+    parser = argparse.ArgumentParser(prog="jaxvdm", description="Video diffusion transformers in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate a video from a prompt")
+    g.add_argument("prompt")
+    g.add_argument("-o", "--output", default="out.mp4", help="output file (.mp4, .gif or .npz)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    g.add_argument("--model", default=None, help="checkpoint folder (default: the shipped shapes model)")
+    g.add_argument("--num-frames", type=int)
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--guidance-scale", type=float)
+    g.add_argument("--negative-prompt")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--scheduler", choices=["unipc", "euler"])
+    g.add_argument("--shift", type=float)
+    g.add_argument("--attention", choices=["auto", "xla", "xla_chunked", "cudnn"])
+    g.add_argument("--profile-dir", help="write a jax.profiler trace of the denoising loop here")
+    g.add_argument("--no-progress", action="store_true")
+    _add_mesh_args(g)
+    opts = _strategy_option_flags(g)
+
+    c = sub.add_parser("convert", help="convert a Wan transformer checkpoint to an orbax folder")
+    c.add_argument("src")
+    c.add_argument("dst")
+    return parser, opts
+
+
+def _check_output(path: str, overwrite: bool) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in _SUFFIXES:
+        raise CLIError(f"output {path!r}: unsupported suffix {out.suffix or '(none)'!r}; use one of {', '.join(_SUFFIXES)}")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise CLIError(f"output {path!r}: directory {str(parent)!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"output {path!r}: directory {str(parent)!r} is not writable")
+    if out.is_dir():
+        raise CLIError(f"output {path!r} is a directory; give a file name such as {path.rstrip('/')}/out.mp4")
+    if out.exists() and not overwrite:
+        raise CLIError(f"output {path!r} exists; pass --overwrite to replace it")
+    return out
+
+
+def _set_cpu_devices(n: int | None) -> None:
+    if n is None:
+        return
+    if n < 1:
+        raise CLIError(f"--cpu-devices must be at least 1, got {n}")
+    if "jax" in sys.modules:
+        return  # too late to change the device count (only when called in-process after jax started)
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={n}")
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _mesh(spec: str | None):
+    if not spec:
+        return None
+    import jax
+
+    from jaxvdm.sharding.mesh import make_mesh, parse_mesh_spec
+
+    axes = parse_mesh_spec(spec)
+    need = 1
+    for v in axes.values():
+        need *= v
+    have = len(jax.devices())
+    if need > have:
+        hint = f" (on a CPU machine add --cpu-devices {need})" if jax.default_backend() == "cpu" else ""
+        raise CLIError(f"mesh {spec} needs {need} devices but only {have} are available{hint}")
+    return make_mesh(axes)
+
+
+def _generate(args, opt_names) -> int:
+    out = _check_output(args.output, args.overwrite)
+    _set_cpu_devices(args.cpu_devices)
+    import jaxvdm
+
+    mesh = _mesh(args.mesh)
+    options = {k: getattr(args, f"opt_{k}") for k in opt_names if getattr(args, f"opt_{k}") is not None}
+    kwargs = dict(model=args.model, mesh=mesh, strategy=args.strategy, num_frames=args.num_frames, height=args.height,
+                  width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
+                  negative_prompt=args.negative_prompt, seed=args.seed, scheduler=args.scheduler, shift=args.shift,
+                  attention=args.attention, progress=False if args.no_progress else None,
+                  profile_dir=args.profile_dir, **options)
+    _validate_before_compute(kwargs)
+    video = jaxvdm.generate(args.prompt, **kwargs)
+    video.save(out)
+    s = video.settings
+    t = s["timings"]
+    print(f"wrote {out} ({video.frames.shape[0]} frames, {video.frames.shape[2]}x{video.frames.shape[1]}, {video.fps} fps)")
+    print(f"model {s['model']}, strategy {s['strategy']}, steps {s['steps']}, guidance {s['guidance_scale']}, "
+          f"scheduler {s['scheduler']} (shift {s['shift']}), seed {s['seed']}")
+    print(f"time: compile {t.get('compile_s', 0):.2f}s, denoise {t['denoise_s']:.2f}s, decode {t['decode_s']:.2f}s, "
+          f"total {t['total_s']:.2f}s")
+    return 0
+
+
+def _validate_before_compute(kwargs) -> None:
+    """Loads the model and checks sizes and strategy (cheap) so errors come before denoising."""
+    from jaxvdm.pipeline import get_pipeline
+    from jaxvdm.sharding.registry import STRATEGIES, resolve
+
+    pipe = get_pipeline(kwargs["model"])
+    d = pipe.defaults
+    pipe.latent_shape(kwargs["num_frames"] or d["num_frames"], kwargs["height"] or d["height"], kwargs["width"] or d["width"])
+    known = {o for s in STRATEGIES.values() for o in s.options}
+    resolve(kwargs["strategy"], kwargs["mesh"], {k: v for k, v in kwargs.items() if k in known})
+    steps = kwargs["steps"]
+    if steps is not None and steps < 1:
+        raise CLIError(f"--steps must be at least 1, got {steps}")
+
+
+def _convert(args) -> int:
+    from jaxvdm.models.wan.loader import load_transformer, save_converted
+
+    dst = Path(args.dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise CLIError(f"destination {args.dst!r} exists and is not empty")
+    model = load_transformer(args.src)
+    save_converted(model, dst)
+    print(f"wrote {dst} (orbax; load with jaxvdm.models.wan.load_transformer({str(dst)!r}))")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, opt_names = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args, opt_names)
+        if args.command == "convert":
+            return _convert(args)
+    except CLIError as e:
+        print(f"jaxvdm: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+        msg = "; ".join(line.strip() for line in str(e).splitlines()) or type(e).__name__
+        print(f"jaxvdm: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxvdm: interrupted (no output written)", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Text-to-video pipelines and :func:`generate`.
+
+A :class:`Pipeline` is three pluggable parts around one transformer:
+
+* ``encode_text(prompts) -> [B, L, text_dim]`` — UMT5 for Wan, a word-embedding table for the shipped
+  model, or precomputed embeddings;
+* the transformer, sampled by a strategy (``jaxvdm.sharding``) with a flow-matching scheduler;
+* ``decode(latents, mesh) -> video [1, 3, F, H, W]`` in ``[-1, 1]`` — the Wan VAE, or the identity for
+  a pixel-space model.
+
+:func:`generate` resolves the model (the shipped model by default, a preset, a checkpoint folder, or a
+Pipeline), the strategy and the sizes, draws the initial noise from ``seed`` (the same noise on every
+mesh), denoises, decodes and returns a :class:`~jaxvdm.video.Video`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxvdm.models.wan.transformer import WanTransformer
+from jaxvdm.schedulers import make_scheduler
+from jaxvdm.sharding.registry import Plan, resolve
+
+__all__ = ["Pipeline", "generate", "get_pipeline", "SizeError", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "shapes"
+
+
+class SizeError(ValueError):
+    """A video size or frame count the model cannot take; the message names the nearest valid one."""
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """A text-to-video model: text encoder, transformer, decoder, and its default settings.
+
+    Attributes:
+      name: what to call it in settings and messages.
+      transformer: the DiT.
+      encode_text: ``list[str] -> [B, L, text_dim]`` float32 (or None: embeddings must be given).
+      decode: ``(latents [1, C, T, H, W], mesh | None) -> video [1, 3, F, H, W]`` in ``[-1, 1]``
+        (or None: :func:`generate` then returns latents only).
+      vae_stride: (t, h, w) compression from pixels to latents (``F = stride_t*(T-1) + 1``).
+      defaults: num_frames, height, width, steps, guidance_scale, flow_shift, scheduler, fps,
+        negative_prompt.
+    """
+
+    name: str
+    transformer: WanTransformer
+    encode_text: Callable[[list[str]], Any] | None
+    decode: Callable[[jax.Array, Mesh | None], jax.Array] | None
+    vae_stride: tuple[int, int, int]
+    defaults: dict[str, Any]
+    _denoisers: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.in_channels
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        """``(1, C, T, H, W)`` for a video size; raises SizeError naming the nearest valid size."""
+        st, sh, sw = self.vae_stride
+        pt, ph, pw = self.transformer.config.patch_size
+        for name, v in (("num_frames", num_frames), ("height", height), ("width", width)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise SizeError(f"{name} must be a positive integer, got {v!r}")
+        if not _valid_frames(num_frames, st, pt):
+            near = _nearest(num_frames, lambda f: _valid_frames(f, st, pt))
+            rule = f"{st}*k+1" if st > 1 else "any count"
+            if pt > 1:
+                rule += f" giving a latent length (k+1) that is a multiple of the patch {pt}"
+            raise SizeError(f"num_frames={num_frames} is not valid for {self.name}: frames must be {rule}; nearest valid: {near}")
+        for name, v, s, p in (("height", height, sh, ph), ("width", width, sw, pw)):
+            m = s * p
+            if v % m:
+                lo = max(m, v // m * m)
+                hi = lo + m
+                near = lo if v - lo <= hi - v else hi
+                raise SizeError(f"{name}={v} must be a multiple of {m} for {self.name} (VAE stride {s} x patch {p}); nearest valid: {near}")
+        t = (num_frames - 1) // st + 1
+        return (1, self.latent_channels, t, height // sh, width // sw)
+
+    def denoiser(self, plan: Plan, mesh: Mesh | None, attention: str | None):
+        """A :class:`~jaxvdm.sampling.Denoiser` for ``(plan, mesh)``, cached (weights placed once)."""
+        from jaxvdm.sampling import Denoiser
+
+        key = (plan, None if mesh is None else (tuple(mesh.axis_names), tuple(d.id for d in mesh.devices.flat)), attention)
+        if key not in self._denoisers:
+            if len(self._denoisers) >= 2:  # keep at most two placements alive
+                self._denoisers.pop(next(iter(self._denoisers)))
+            self._denoisers[key] = Denoiser(self.transformer, plan, mesh, attention=attention)
+        return self._denoisers[key]
+
+
+def _valid_frames(f: int, st: int, pt: int) -> bool:
+    return f >= 1 and (f - 1) % st == 0 and ((f - 1) // st + 1) % pt == 0
+
+
+def _nearest(v: int, ok) -> int:
+    for delta in range(0, 10_000):
+        for cand in (v - delta, v + delta):
+            if cand >= 1 and ok(cand):
+                return cand
+    raise ValueError("no valid size found")
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(key: str) -> Pipeline:
+    if key == DEFAULT_MODEL:
+        from jaxvdm.models.shapes.pipeline import load_shapes_pipeline
+
+        return load_shapes_pipeline()
+    path = Path(key)
+    if path.exists():
+        from jaxvdm.models.wan.pipeline import load_pipeline
+
+        return load_pipeline(path)
+    from jaxvdm.presets import list_presets
+
+    if key in list_presets():
+        raise ValueError(
+            f"model {key!r} is a preset without shipped weights; download the checkpoint and pass its folder "
+            f"(model='path/to/Wan2.1-T2V-...-Diffusers'), or use jaxvdm.models.wan.random_pipeline({key!r}) for "
+            "random weights (benchmarks)"
+        )
+    raise ValueError(f"model {key!r} is neither {DEFAULT_MODEL!r}, a preset, nor an existing checkpoint folder")
+
+
+def get_pipeline(model: str | os.PathLike | Pipeline | None) -> Pipeline:
+    """Resolves ``model``: None (the shipped model), a checkpoint folder, or a Pipeline (returned as is)."""
+    if isinstance(model, Pipeline):
+        return model
+    return _load_cached(str(model) if model is not None else DEFAULT_MODEL)
+
+
+# ------------------------------------------------------------------------------------------ generate
+
+
+def _strategy_sampler(plan: Plan):
+    if plan.loop == "parastep":
+        from jaxvdm.sharding import parastep
+
+        return parastep.sample
+    if plan.loop == "dualparal":
+        from jaxvdm.sharding import dualparal
+
+        return dualparal.sample
+    return None
+
+
+def generate(
+    prompt: str,
+    *,
+    model: str | os.PathLike | Pipeline | None = None,
+    mesh: Mesh | None = None,
+    strategy: str = "single",
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    negative_prompt: str | None = None,
+    seed: int = 0,
+    latents=None,
+    scheduler: str | None = None,
+    shift: float | None = None,
+    prompt_embeds=None,
+    negative_prompt_embeds=None,
+    decode: bool = True,
+    attention: str | None = None,
+    progress: bool | None = None,
+    profile_dir: str | os.PathLike | None = None,
+    **strategy_options,
+):
+    """Generates a video from a text prompt.
+
+    Args:
+      prompt: the text (an empty string is a valid unconditional prompt).
+      model: None for the shipped model; a diffusers Wan checkpoint folder; or a :class:`Pipeline`.
+      mesh: a ``jax.sharding.Mesh`` whose axes the strategy uses (None: one device).
+      strategy: a strategy name or composition, e.g. ``"lp"``, ``"cfg+ulysses"`` (see
+        ``jaxvdm.sharding.available_strategies()``).
+      num_frames, height, width, steps, guidance_scale, negative_prompt, scheduler ("unipc"/"euler"),
+        shift: default to the model's preset.
+      seed: the initial noise is ``jax.random.normal(PRNGKey(seed), latent_shape)``, the same on every mesh.
+      latents: initial noise ``[1, C, T', H', W']`` instead of ``seed`` (to compare across frameworks).
+      prompt_embeds, negative_prompt_embeds: ``[1, L, text_dim]`` text embeddings instead of encoding.
+      decode: False returns the video without decoding (``Video.frames`` empty, latents set).
+      attention: local attention backend ("auto", "xla", "xla_chunked", "cudnn").
+      progress: progress bar over denoising steps (default: on when stderr is a terminal).
+      profile_dir: write a ``jax.profiler`` trace of the denoising loop there.
+      **strategy_options: e.g. ``overlap=0.25`` (lp), ``warmup=5`` (parastep).
+
+    Returns:
+      A :class:`~jaxvdm.video.Video` with uint8 frames ``[F, H, W, 3]``, fps, final latents and settings.
+    """
+    from jaxvdm.video import Video
+
+    t_start = time.perf_counter()
+    pipe = get_pipeline(model)
+    d = pipe.defaults
+    num_frames = int(d["num_frames"] if num_frames is None else num_frames)
+    height = int(d["height"] if height is None else height)
+    width = int(d["width"] if width is None else width)
+    steps = int(d["steps"] if steps is None else steps)
+    guidance_scale = float(d["guidance_scale"] if guidance_scale is None else guidance_scale)
+    negative_prompt = d.get("negative_prompt", "") if negative_prompt is None else negative_prompt
+    scheduler_name = scheduler or d.get("scheduler", "unipc")
+    shift = float(d["flow_shift"] if shift is None else shift)
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    shape = pipe.latent_shape(num_frames, height, width)
+    plan = resolve(strategy, mesh, strategy_options)
+    with_cfg = guidance_scale > 1.0
+    if plan.cfg_axis and not with_cfg:
+        raise ValueError("strategy 'cfg' splits the guidance pair, but guidance_scale <= 1 disables guidance; "
+                         "use guidance_scale > 1 or drop 'cfg'")
+    sched = make_scheduler(scheduler_name, steps, shift)
+
+    if latents is not None:
+        noise = jnp.asarray(latents, jnp.float32)
+        if noise.shape != shape:
+            raise ValueError(f"latents have shape {tuple(noise.shape)}, expected {shape} for {num_frames}x{height}x{width}")
+    else:
+        noise = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
+
+    t0 = time.perf_counter()
+    context = _text_context(pipe, prompt, negative_prompt, with_cfg, prompt_embeds, negative_prompt_embeds)
+    t_text = time.perf_counter() - t0
+
+    from jaxvdm.profiling import maybe_trace
+
+    with maybe_trace(profile_dir):
+        sampler = _strategy_sampler(plan)
+        if sampler is None:
+            windows = None
+            if plan.lp_axis:
+                from jaxvdm.sharding import lp
+
+                windows = lp.windows_for(plan, shape, pipe.transformer.config.patch_size, steps)
+            den = pipe.denoiser(plan, mesh, attention)
+            out, timing = den.sample(noise, context, guidance_scale, sched, windows=windows, progress=progress)
+        else:
+            out, timing = sampler(pipe, plan, mesh, noise, context, guidance_scale, sched, attention=attention,
+                                  progress=progress)
+    out_np = np.asarray(jax.device_get(out))
+
+    t0 = time.perf_counter()
+    frames = None
+    if decode and pipe.decode is not None:
+        video = pipe.decode(out, mesh)
+        frames = np.asarray(jax.device_get(video))[0]  # [3, F, H, W]
+    t_decode = time.perf_counter() - t0
+    settings = dict(
+        prompt=prompt, negative_prompt=negative_prompt if with_cfg else None, model=pipe.name, strategy=plan.describe(),
+        strategy_options=dict(plan.options), num_frames=num_frames, height=height, width=width, steps=steps,
+        guidance_scale=guidance_scale, scheduler=scheduler_name, shift=shift, seed=None if latents is not None else seed,
+        timings=dict(text_s=t_text, **timing, decode_s=t_decode, total_s=time.perf_counter() - t_start),
+    )
+    fps = int(pipe.defaults.get("fps", 16))
+    if frames is None:
+        return Video(frames=np.zeros((0, height, width, 3), np.uint8), fps=fps, latents=out_np, settings=settings)
+    return Video.from_float(frames, fps=fps, latents=out_np, settings=settings)
+
+
+def _text_context(pipe: Pipeline, prompt, negative_prompt, with_cfg, prompt_embeds, negative_prompt_embeds):
+    """``[2, L, D]`` (cond, uncond) with guidance, ``[1, L, D]`` without."""
+    if prompt_embeds is not None:
+        cond = jnp.asarray(prompt_embeds, jnp.float32)
+        if not with_cfg:
+            return cond[:1]
+        if negative_prompt_embeds is None:
+            raise ValueError("prompt_embeds given with guidance: also give negative_prompt_embeds")
+        unc = jnp.asarray(negative_prompt_embeds, jnp.float32)
+        if unc.shape != cond.shape:
+            raise ValueError(f"negative_prompt_embeds {unc.shape} must have the shape of prompt_embeds {cond.shape}")
+        return jnp.concatenate([cond[:1], unc[:1]], axis=0)
+    if pipe.encode_text is None:
+        raise ValueError(f"model {pipe.name!r} has no text encoder: pass prompt_embeds (and negative_prompt_embeds)")
+    prompts = [prompt, negative_prompt] if with_cfg else [prompt]
+    return jnp.asarray(pipe.encode_text(prompts), jnp.float32)

@@ -1,0 +1,134 @@
+"""The shipped shapes model: a small Wan DiT in pixel space with a word-level text encoder.
+
+* Transformer: the Wan DiT (``jaxvdm.models.wan.transformer``) with the ``shapes`` preset
+  (``configs/shapes.toml``): 16 frames of 32x32 RGB, patch 1x4x4, 8 layers, 4 heads of 32.
+* Text encoder: a word embedding table plus learned positions over the caption grammar's vocabulary
+  (``jaxvdm.models.shapes.data``). Padding tokens give zero vectors, so the empty prompt is all zeros,
+  like Wan's zero-padded UMT5 states.
+* "VAE": the identity. The latent *is* the video in ``[-1, 1]``; with no VAE there is nothing to train
+  or to get wrong, and every strategy's error shows directly in pixels.
+
+Weights ship as one safetensors file (``weights.safetensors`` beside this module) holding the transformer
+(``transformer/...``) and the text encoder (``text/...``), with the config and vocabulary in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxvdm.models.checkpoint import CheckpointError, check_tensors, read_safetensors, write_safetensors
+from jaxvdm.models.wan.config import WanConfig
+from jaxvdm.models.wan.transformer import WanTransformer
+
+__all__ = ["WordEncoder", "ShapesModel", "init_model", "save_model", "load_model", "WEIGHTS_PATH", "preset"]
+
+WEIGHTS_PATH = Path(__file__).with_name("weights.safetensors")
+
+
+def preset() -> dict:
+    from jaxvdm.presets import load_preset
+
+    return load_preset("shapes")
+
+
+class WordEncoder(nnx.Module):
+    """Token ids ``[B, L]`` -> embeddings ``[B, L, dim]``; id ``pad_id`` maps to zeros."""
+
+    def __init__(self, vocab_size: int, max_len: int, dim: int, *, pad_id: int = 0, rngs: nnx.Rngs):
+        self.pad_id = pad_id
+        self.embedding = nnx.Param(jax.random.normal(rngs.params(), (vocab_size, dim)) * 0.5)
+        self.position = nnx.Param(jax.random.normal(rngs.params(), (max_len, dim)) * 0.1)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        ids = jnp.asarray(ids, jnp.int32)
+        e = jnp.take(self.embedding[...], ids, axis=0) + self.position[...][None, : ids.shape[1]]
+        return jnp.where((ids != self.pad_id)[..., None], e, 0.0).astype(jnp.float32)
+
+
+class ShapesModel(nnx.Module):
+    """The transformer and its text encoder, trained together."""
+
+    def __init__(self, config: WanConfig, vocab_size: int, max_len: int, *, dtype=jnp.float32, rngs: nnx.Rngs,
+                 pad_id: int = 0):
+        self.transformer = WanTransformer(config, dtype=dtype, rngs=rngs)
+        self.text = WordEncoder(vocab_size, max_len, config.text_dim, pad_id=pad_id, rngs=rngs)
+
+
+def init_model(seed: int = 0, *, dtype=jnp.float32, config: WanConfig | None = None) -> ShapesModel:
+    """A randomly initialised shapes model (the preset's architecture unless ``config`` is given)."""
+    from jaxvdm.models.shapes import data
+
+    p = preset()
+    cfg = config or WanConfig.from_dict(p["transformer"])
+    return ShapesModel(cfg, len(data.VOCAB), int(p["text"]["max_len"]), dtype=dtype, rngs=nnx.Rngs(seed),
+                       pad_id=data.PAD_ID)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = np.asarray(v)
+    return out
+
+
+def save_model(model: ShapesModel, path: str | os.PathLike, *, dtype=np.float16, info: dict | None = None) -> None:
+    """Writes the model (parameters cast to ``dtype``) with its config and vocabulary as metadata."""
+    from jaxvdm.models.shapes import data
+
+    params = _flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    meta = {"config": json.dumps(model.transformer.config.to_dict()), "vocab": json.dumps(list(data.VOCAB)),
+            "max_len": str(model.text.position.shape[0]), "format": "jaxvdm-shapes-1"}
+    if info:
+        meta["info"] = json.dumps(info)
+    write_safetensors(path, params, metadata=meta)
+
+
+def _metadata(path: Path) -> dict:
+    import struct
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n)).get("__metadata__", {})
+
+
+def load_model(path: str | os.PathLike | None = None, *, dtype=jnp.float32) -> ShapesModel:
+    """Loads shipped (or retrained) weights strictly: every tensor must match the config in the file."""
+    from jaxvdm.models.shapes import data
+
+    path = Path(path) if path is not None else WEIGHTS_PATH
+    if not path.is_file():
+        raise CheckpointError(f"{path}: shapes model weights not found (train them with "
+                              f"python -m jaxvdm.models.shapes.train)")
+    tensors = read_safetensors(path)
+    meta = _metadata(path)
+    try:
+        cfg = WanConfig.from_dict(json.loads(meta["config"]))
+        vocab = json.loads(meta["vocab"])
+        max_len = int(meta["max_len"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: metadata lacks the shapes model config ({e})") from None
+    if vocab != list(data.VOCAB):
+        raise CheckpointError(f"{path}: vocabulary does not match jaxvdm.models.shapes.data.VOCAB")
+    abstract = nnx.eval_shape(lambda: ShapesModel(cfg, len(vocab), max_len, dtype=dtype, rngs=nnx.Rngs(0),
+                                                  pad_id=data.PAD_ID))
+    graphdef, state = nnx.split(abstract)
+    pure = nnx.to_pure_dict(state)
+    expected = {"/".join(str(getattr(p, "key", p)) for p in path_): leaf.shape
+                for path_, leaf in jax.tree_util.tree_leaves_with_path(pure)}
+    check_tensors(expected, tensors, source=str(path))
+    values = jax.tree_util.tree_map_with_path(
+        lambda p, leaf: jnp.asarray(tensors["/".join(str(getattr(k, "key", k)) for k in p)], jnp.float32), pure)
+    nnx.replace_by_pure_dict(state, values)
+    return nnx.merge(graphdef, state)

@@ -1,0 +1,81 @@
+"""Latent Parallelism (predict transform on mesh axis ``lp``): the host side of each step's partition.
+
+The device side is in :func:`jaxvdm.sharding.predict.guided_prediction`: each of the ``K`` devices cuts
+its window out of the replicated latent, runs the whole model on it with the window's *global* token
+offset (so RoPE sees the same positions as in the full video), weights its prediction with the
+position-aware blend weights, and one ``psum`` over ``lp`` assembles the blended prediction. The sampler
+then steps the replicated full latent, so the multistep solver state stays global (its update is linear
+in the model output with scalar coefficients, so blending predictions equals blending updates).
+
+This module turns the options into one static :class:`~jaxvdm.sharding.predict.LPWindow` per step:
+
+* ``schedule``: ``"rotate"`` (T, H, W, T, … with a fallback when an axis has fewer patches than K),
+  a fixed ``"T"``/``"H"``/``"W"``, or ``"unite"`` (the NSDI artifact: an exact full-latent first step,
+  decaying overlap from ``r_max`` to ``r_max/2``, no T late in sampling, H only at the end);
+* ``overlap`` r: each window extends its core by ``floor(r * core)`` patches per side (``0 <= r <= K-1``);
+* ``ramp``: ``"linear"`` (the paper) or ``"cosine"`` (the artifact) blend weights.
+
+Windows are patch-aligned, cores split the axis evenly (no idle device), and all windows share one
+length (clamped inside the video), so every step is one SPMD program; see
+:mod:`jaxvdm.sharding.lp_partition` for the partition maths and the paper-exact accounting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from jaxvdm.sharding import lp_partition as part
+from jaxvdm.sharding.predict import LPWindow
+from jaxvdm.sharding.registry import Plan
+
+__all__ = ["windows_for", "AXIS_DIM"]
+
+AXIS_DIM = {"T": 2, "H": 3, "W": 4}
+_SCHEDULES = ("rotate", "T", "H", "W", "unite")
+_RAMPS = ("linear", "cosine")
+
+
+def windows_for(plan: Plan, latent_shape, patch, num_steps: int) -> Callable[[int], LPWindow]:
+    """Per-step partitions for ``plan``'s LP options on a latent ``[1, C, T, H, W]``.
+
+    Every step's partition is built (and validated) here, before any compute; the returned function
+    maps a step index to its :class:`LPWindow`. Raises ValueError naming the problem for a latent size
+    that is not a multiple of the patch, K larger than every axis's patch count, an overlap outside
+    ``[0, K-1]``, or an unknown schedule or ramp.
+    """
+    k = plan.size(plan.lp_axis)
+    overlap = float(plan.option("overlap"))
+    schedule = plan.option("schedule")
+    ramp = plan.option("ramp")
+    r_max = float(plan.option("r_max"))
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"lp schedule must be one of {_SCHEDULES}, got {schedule!r}")
+    if ramp not in _RAMPS:
+        raise ValueError(f"lp ramp must be one of {_RAMPS}, got {ramp!r}")
+    dims = tuple(int(d) for d in latent_shape[2:])
+    for name, d, p in zip("THW", dims, patch):
+        if d % p:
+            raise ValueError(f"latent {name} size {d} is not a multiple of the patch size {p} along {name}")
+    grid = {name: d // p for name, d, p in zip("THW", dims, patch)}
+    if schedule != "unite" and not (0.0 <= overlap <= k - 1):
+        raise ValueError(f"lp overlap must be in [0, K-1] = [0, {k - 1}] for K={k} devices, got {overlap}")
+    axes = part.axis_schedule(num_steps, grid, k, mode=schedule)
+    patch_of = dict(zip("THW", patch))
+    windows: list[LPWindow] = []
+    cache: dict = {}
+    for i, axis in enumerate(axes):
+        if axis == "full":
+            windows.append(LPWindow(None, 0, np.zeros((k,), np.int32), np.zeros((k, 0), np.float32)))
+            continue
+        r = part.unite_overlap(i, num_steps, r_max) if schedule == "unite" else overlap
+        key = (axis, r)
+        if key not in cache:
+            p = patch_of[axis]
+            partition = part.uniform_windows(grid[axis], k, r)
+            weights = part.blend_weights(partition, p, ramp=ramp).astype(np.float32)
+            starts = (np.asarray(partition.win_start) * p).astype(np.int32)
+            cache[key] = LPWindow(AXIS_DIM[axis], int(partition.length) * p, starts, weights)
+        windows.append(cache[key])
+    return lambda i: windows[i]
