@@ -51,12 +51,12 @@ class Denoiser:
 
     def __init__(self, model: WanTransformer, plan: Plan, mesh: Mesh | None, *, attention: str | None = None):
         self.model = model
-        self.plan = plan
+        self.plan = plan if mesh is not None else plan.local()
         self.mesh = mesh
         self.attention = attention
         self.graphdef, state = nnx.split(model)
-        self.specs = state_specs(state, plan)
-        self.block_dims = _block_dims(model, plan) if plan.fsdp_axis else None
+        self.specs = state_specs(state, self.plan)
+        self.block_dims = _block_dims(model, self.plan) if self.plan.fsdp_axis else None
         self.state = place(state, mesh, self.specs) if mesh is not None else state
         self._steps: dict = {}
 
@@ -114,7 +114,7 @@ class Denoiser:
         # fresh buffers: the state may alias the sample, and both are donated to each step
         sstate = self.place(jax.tree.map(lambda a: jnp.array(a, copy=True), scheduler.init(x)))
         n = scheduler.num_steps
-        parts = [windows(i) if windows else None for i in range(n)]
+        parts = [windows(i) if windows and self.mesh is not None else None for i in range(n)]
         t0 = time.perf_counter()
         fns = {}
         for lp in parts:

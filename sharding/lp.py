@@ -30,9 +30,8 @@ from jaxvdm.sharding import lp_partition as part
 from jaxvdm.sharding.predict import LPWindow
 from jaxvdm.sharding.registry import Plan
 
-__all__ = ["windows_for", "AXIS_DIM"]
+__all__ = ["windows_for"]
 
-AXIS_DIM = {"T": 2, "H": 3, "W": 4}
 _SCHEDULES = ("rotate", "T", "H", "W", "unite")
 _RAMPS = ("linear", "cosine")
 
@@ -54,11 +53,7 @@ def windows_for(plan: Plan, latent_shape, patch, num_steps: int) -> Callable[[in
         raise ValueError(f"lp schedule must be one of {_SCHEDULES}, got {schedule!r}")
     if ramp not in _RAMPS:
         raise ValueError(f"lp ramp must be one of {_RAMPS}, got {ramp!r}")
-    dims = tuple(int(d) for d in latent_shape[2:])
-    for name, d, p in zip("THW", dims, patch):
-        if d % p:
-            raise ValueError(f"latent {name} size {d} is not a multiple of the patch size {p} along {name}")
-    grid = {name: d // p for name, d, p in zip("THW", dims, patch)}
+    grid = part.patch_grid(latent_shape, patch)
     if schedule != "unite" and not (0.0 <= overlap <= k - 1):
         raise ValueError(f"lp overlap must be in [0, K-1] = [0, {k - 1}] for K={k} devices, got {overlap}")
     axes = part.axis_schedule(num_steps, grid, k, mode=schedule)
@@ -69,13 +64,13 @@ def windows_for(plan: Plan, latent_shape, patch, num_steps: int) -> Callable[[in
         if axis == "full":
             windows.append(LPWindow(None, 0, np.zeros((k,), np.int32), np.zeros((k, 0), np.float32)))
             continue
-        r = part.unite_overlap(i, num_steps, r_max) if schedule == "unite" else overlap
+        r = min(part.unite_overlap(i, num_steps, r_max), k - 1) if schedule == "unite" else overlap
         key = (axis, r)
         if key not in cache:
             p = patch_of[axis]
             partition = part.uniform_windows(grid[axis], k, r)
             weights = part.blend_weights(partition, p, ramp=ramp).astype(np.float32)
             starts = (np.asarray(partition.win_start) * p).astype(np.int32)
-            cache[key] = LPWindow(AXIS_DIM[axis], int(partition.length) * p, starts, weights)
+            cache[key] = LPWindow(part.AXIS_DIM[axis], int(partition.length) * p, starts, weights)
         windows.append(cache[key])
     return lambda i: windows[i]

@@ -100,6 +100,11 @@ class Plan:
     def inner_names(self) -> tuple[str, ...]:
         return tuple(n for n in self.names if STRATEGIES[n].kind == "predict" and n != "single")
 
+    def local(self) -> "Plan":
+        """The same plan with every mesh axis removed (its algorithm on one device)."""
+        return dataclasses.replace(self, mesh_axes=(), cfg_axis=None, sp_axis=None, sp_kind=None, fsdp_axis=None,
+                                   lp_axis=None, loop_axis=None)
+
     def describe(self) -> str:
         return "+".join(self.names) + (f" on {format_mesh(dict(self.mesh_axes))}" if self.mesh_axes else "")
 
@@ -113,9 +118,11 @@ def _freeze(v):
 def resolve(strategy: str, mesh: Mesh | None, options: Mapping[str, Any] | None = None) -> Plan:
     """Validates ``strategy`` (e.g. ``"cfg+ulysses"``) against ``mesh`` and ``options``.
 
-    Raises ValueError naming the problem: an unknown strategy or option, a strategy repeated, two
-    strategies that need the same axis, a missing mesh axis, an axis of the wrong size, a mesh axis no
-    strategy uses, or more than one loop strategy.
+    With ``mesh=None`` a strategy runs its algorithm on one device (every axis of size 1): ParaStep with
+    N = 1 is the serial loop, DualParal on one device is its serial oracle. Raises ValueError naming the
+    problem: an unknown strategy or option, a strategy repeated, two strategies that need the same axis,
+    a missing mesh axis, an axis of the wrong size, a mesh axis no strategy uses, or more than one loop
+    strategy.
     """
     options = dict(options or {})
     if not isinstance(strategy, str) or not strategy.strip():
@@ -145,6 +152,8 @@ def resolve(strategy: str, mesh: Mesh | None, options: Mapping[str, Any] | None 
     for s in specs:
         if s.axis is None:
             continue
+        if mesh is None and s.fixed_size is None:
+            continue  # without a mesh every strategy runs its algorithm on one device (axis size 1)
         if s.axis not in shape:
             have = format_mesh(shape) if shape else "no mesh"
             raise ValueError(
