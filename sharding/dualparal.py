@@ -30,8 +30,8 @@ static.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -174,15 +174,6 @@ def empty_cache(model: WanTransformer, geo: Geometry, batch: int, n_layers: int 
 # ------------------------------------------------------------------------------------------ serial oracle
 
 
-def queue_items(num_blocks: int, num_steps: int):
-    """Per outer iteration, the ``(k, d)`` items in processing order (tail to head)."""
-    out = []
-    for i in range(num_steps + num_blocks - 1):
-        lo, hi = max(0, i - num_steps + 1), min(i, num_blocks - 1)
-        out.append([(k, i - k) for k in range(hi, lo - 1, -1)])
-    return out
-
-
 def serial_oracle(model: WanTransformer, x0, ctx, guidance, scheduler, geo: Geometry, *, attention=None,
                   progress=False):
     """The block-wise algorithm on one device: one forward after another, caches and context exact.
@@ -208,9 +199,11 @@ def serial_oracle(model: WanTransformer, x0, ctx, guidance, scheduler, geo: Geom
     sstate = scheduler.init(x)
     ck, cv = empty_cache(model, geo, b)
     g = jnp.float32(guidance)
-    for items in queue_items(geo.num_blocks, scheduler.num_steps):
-        for n, (k, d) in enumerate(items):
-            x, sstate, ck, cv = item(state, x, sstate, jnp.int32(k), jnp.int32(d), ctx, g, ck, cv, n > 0)
+    from jaxvdm.sharding.dualparal_schedule import serial_order
+
+    for it in serial_order(geo.num_blocks, scheduler.num_steps):
+        x, sstate, ck, cv = item(state, x, sstate, jnp.int32(it.k), jnp.int32(it.d), ctx, g, ck, cv,
+                                 it.has_successor_context)
     return x
 
 
@@ -231,7 +224,13 @@ def stage_layers(num_layers: int, num_stages: int) -> list[tuple[int, int]]:
 def sample(pipe, plan, mesh, noise, context, guidance, scheduler, *, attention=None, progress=None):
     """Runs DualParal (pipelined on ``mesh``'s ``stage`` axis, or the serial oracle without a mesh)."""
     model = pipe.transformer
-    geo = geometry(noise.shape, model.config.patch_size, plan.option("block_frames"), plan.option("context_frames"))
+    b, c = plan.option("block_frames"), plan.option("context_frames")
+    b = pipe.defaults.get("dualparal_block_frames") if b is None else b
+    c = pipe.defaults.get("dualparal_context_frames") if c is None else c
+    if b is None or c is None:
+        raise ValueError("dualparal needs block_frames and context_frames (latent frames per block and of context), "
+                         "e.g. block_frames=8, context_frames=8")
+    geo = geometry(noise.shape, model.config.patch_size, int(b), int(c))
     x0 = coordinated_noise(jnp.asarray(noise, jnp.float32), geo)
     t0 = time.perf_counter()
     if mesh is None or plan.size(plan.loop_axis) == 1 and not plan.cfg_axis:
@@ -239,6 +238,12 @@ def sample(pipe, plan, mesh, noise, context, guidance, scheduler, *, attention=N
         x.block_until_ready()
         return x, {"compile_s": 0.0, "denoise_s": time.perf_counter() - t0}
     from jaxvdm.sharding import dualparal_pipeline
+    from jaxvdm.sharding import dualparal_schedule as sched_lib
 
+    n = plan.size(plan.loop_axis)
+    if geo.num_blocks < n + 1:
+        ratio = sched_lib.bubble_ratio(sched_lib.pipeline_schedule(geo.num_blocks, scheduler.num_steps, n))
+        warnings.warn(f"dualparal: {geo.num_blocks} blocks cannot fill a pipeline of {n} stages (use at least {n + 1} "
+                      f"blocks); the bubble ratio of this run is {ratio:.0%}", stacklevel=2)
     return dualparal_pipeline.run(pipe, plan, mesh, x0, context, guidance, scheduler, geo, attention=attention,
                                   progress=progress)

@@ -1,0 +1,261 @@
+"""Trains the shipped shapes model.
+
+    python -m jaxvdm.models.shapes.train --out runs/shapes --steps 6000 --batch-size 128
+
+Rectified-flow objective matching the Wan samplers: ``x_σ = (1-σ)·x0 + σ·ε`` with σ from a logit-normal
+distribution, the transformer (timestep ``1000·σ``) predicts the velocity ``ε - x0``. AdamW with warm-up
+and cosine decay, gradient clipping, caption dropout (the empty caption, i.e. all-zero text, is the
+unconditional prompt for guidance), EMA weights. Data are generated on the fly by
+:mod:`jaxvdm.models.shapes.data` in worker processes. Everything is reproducible from ``--seed``.
+
+Writes into ``--out``: orbax checkpoints (``ckpt/``), ``loss.png``, ``train_log.json``, the EMA weights as
+``weights.safetensors`` (float16; copy it to ``models/shapes/weights.safetensors`` to ship it) and
+``eval.json`` (prompt adherence of generated clips under the evaluator, for a few guidance settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxvdm.models.shapes import data
+from jaxvdm.models.shapes.model import init_model, save_model
+from jaxvdm.models.wan.config import WanConfig
+
+__all__ = ["main", "train"]
+
+
+def _batch_worker(args):
+    seed, batch, frames, size = args
+    clips, captions, ids = data.sample_batch(seed, batch, num_frames=frames, size=size)
+    return np.asarray(clips, np.float32), np.asarray(ids, np.int32)
+
+
+class Batches:
+    """Prefetches training batches from worker processes; batch ``i`` comes from seed ``(seed, i)``."""
+
+    def __init__(self, seed: int, batch: int, frames: int, size: int, workers: int, prefetch: int = 16):
+        self.seed, self.batch, self.frames, self.size = seed, batch, frames, size
+        self.q: queue.Queue = queue.Queue(maxsize=prefetch)
+        self.workers = workers
+        self._stop = False
+        self._thread = threading.Thread(target=self._fill, daemon=True)
+        self._thread.start()
+
+    def _seeds(self):
+        i = 0
+        while not self._stop:
+            yield (self.seed * 1_000_003 + i, self.batch, self.frames, self.size)
+            i += 1
+
+    def _fill(self):
+        if self.workers > 1:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(self.workers) as pool:
+                for item in pool.imap(_batch_worker, self._seeds(), chunksize=1):
+                    if self._stop:
+                        break
+                    self.q.put(item)
+        else:
+            for args in self._seeds():
+                self.q.put(_batch_worker(args))
+
+    def next(self):
+        return self.q.get()
+
+    def close(self):
+        self._stop = True
+
+
+def _schedule(lr: float, warmup: int, steps: int):
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.cosine_decay_schedule(lr, max(steps - warmup, 1), alpha=0.05)],
+        [warmup])
+
+
+def train(args) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    config = None
+    if args.small:  # a very small configuration for CPU smoke tests
+        config = WanConfig(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=16, in_channels=3,
+                           out_channels=3, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2)
+    model = init_model(args.seed, dtype=dtype, config=config)
+    graphdef, params = nnx.split(model, nnx.Param)
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(_schedule(args.lr, args.warmup, args.steps), b1=0.9, b2=0.99, weight_decay=0.01))
+    opt_state = tx.init(params)
+    ema = jax.tree.map(jnp.copy, params)
+
+    def loss_fn(params, clips, ids, key):
+        m = nnx.merge(graphdef, params)
+        x0 = jnp.transpose(clips, (0, 4, 1, 2, 3))
+        k1, k2, k3 = jax.random.split(key, 3)
+        b = x0.shape[0]
+        sigma = jax.nn.sigmoid(jax.random.normal(k1, (b,)) * args.sigma_std + args.sigma_mean)
+        eps = jax.random.normal(k2, x0.shape)
+        s = sigma[:, None, None, None, None]
+        xt = (1 - s) * x0 + s * eps
+        drop = jax.random.uniform(k3, (b,)) < args.caption_dropout
+        ids = jnp.where(drop[:, None], data.PAD_ID, ids)
+        v = m.transformer(xt, sigma * 1000.0, m.text(ids))
+        return jnp.mean(jnp.square(v - (eps - x0)))
+
+    @jax.jit
+    def train_step(params, opt_state, ema, clips, ids, key, step):
+        loss, grads = jax.value_and_grad(loss_fn)(params, clips, ids, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        decay = jnp.minimum(args.ema, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+        return params, opt_state, ema, loss, optax.global_norm(grads)
+
+    batches = Batches(args.seed, args.batch_size, args.frames, args.size, args.workers)
+    key = jax.random.key(args.seed)
+    log = {"step": [], "loss": [], "grad_norm": [], "time": []}
+    t0 = time.time()
+    losses = []
+    step = 0
+    try:
+        for step in range(args.steps):
+            clips, ids = batches.next()
+            key, sub = jax.random.split(key)
+            params, opt_state, ema, loss, gn = train_step(params, opt_state, ema, clips, ids, sub, jnp.float32(step))
+            losses.append(loss)
+            if (step + 1) % args.log_every == 0 or step == 0:
+                vals = [float(x) for x in jax.device_get(losses)]
+                losses = []
+                log["step"].append(step + 1)
+                log["loss"].append(float(np.mean(vals)))
+                log["grad_norm"].append(float(gn))
+                log["time"].append(time.time() - t0)
+                print(f"step {step + 1:6d}  loss {np.mean(vals):.4f}  |g| {float(gn):.3f}  {time.time() - t0:7.1f}s",
+                      flush=True)
+            if args.time_limit and time.time() - t0 > args.time_limit:
+                print(f"time limit {args.time_limit}s reached at step {step + 1}", flush=True)
+                break
+    finally:
+        batches.close()
+    steps_done = step + 1
+    train_s = time.time() - t0
+
+    model_ema = nnx.merge(graphdef, ema, nnx.state(model, nnx.Not(nnx.Param)))
+    info = {"steps": steps_done, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+            "final_loss": log["loss"][-1] if log["loss"] else None, "train_seconds": train_s, "params": n_params,
+            "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "command": args.command}
+    save_model(model_ema, out / "weights.safetensors", info=info)
+    _save_orbax(out / "ckpt", {"params": params, "ema": ema, "opt_state": opt_state}, steps_done)
+    (out / "train_log.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
+    _plot(log, out / "loss.png")
+    result = {"info": info}
+    if args.eval_prompts:
+        result["eval"] = evaluate(model_ema, args.eval_prompts, seed=args.seed + 1, size=args.size, frames=args.frames,
+                                  settings=args.eval_settings)
+        (out / "eval.json").write_text(json.dumps(result["eval"], indent=1))
+    print(json.dumps(result, indent=1), flush=True)
+    return result
+
+
+def evaluate(model, num_prompts: int, *, seed: int, size: int, frames: int, settings: list[tuple] | None = None) -> dict:
+    """Prompt adherence of generated clips for random captions, for each (steps, guidance, shift)."""
+    from jaxvdm.models.shapes import evaluate as ev
+    from jaxvdm.models.shapes.sample import sample_clips
+
+    rng = np.random.default_rng(seed)
+    specs = [data.sample_spec(rng) for _ in range(num_prompts)]
+    captions = [data.caption(s) for s in specs]
+    ids = np.stack([data.tokenize(c) for c in captions])
+    results = {}
+    for steps, guidance, shift in settings or [(20, 4.0, 2.0)]:
+        t0 = time.time()
+        clips = np.asarray(sample_clips(model, ids, jax.random.key(seed), steps=steps, guidance=guidance, shift=shift,
+                                        num_frames=frames, size=size))
+        scores = ev.score_batch(clips, captions)
+        scores["seconds"] = time.time() - t0
+        results[f"steps={steps},guidance={guidance},shift={shift}"] = scores
+        print(f"eval steps={steps} guidance={guidance} shift={shift}: {scores}", flush=True)
+    return results
+
+
+def _save_orbax(path: Path, tree, step: int) -> None:
+    """Saves ``tree`` (params, EMA, optimizer state) with orbax as a flat ``{key path: array}`` dict."""
+    import orbax.checkpoint as ocp
+
+    path = path.absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(tree))}
+    ocp.PyTreeCheckpointer().save(path / f"step_{step}", flat, force=True)
+
+
+def _plot(log: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(log["step"], log["loss"], lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("rectified-flow loss")
+    ax.set_title("shapes model training")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _parse_settings(text: str) -> list[tuple]:
+    out = []
+    for part in text.split(";"):
+        if part.strip():
+            s, g, sh = part.split(",")
+            out.append((int(s), float(g), float(sh)))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jaxvdm.models.shapes.train", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--sigma-mean", type=float, default=0.0)
+    p.add_argument("--sigma-std", type=float, default=1.0)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)))
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--time-limit", type=float, default=0.0, help="stop training after this many seconds")
+    p.add_argument("--eval-prompts", type=int, default=128)
+    p.add_argument("--eval-settings", type=_parse_settings, default=None,
+                   help="'steps,guidance,shift;...' e.g. '20,4,2;20,5,3'")
+    p.add_argument("--small", action="store_true", help="a very small model (CPU smoke tests)")
+    args = p.parse_args(argv)
+    args.command = "python -m jaxvdm.models.shapes.train " + " ".join(argv if argv is not None else os.sys.argv[1:])
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
