@@ -1,24 +1,250 @@
-"""Profiling: ``jax.profiler`` traces of the denoising loop."""
+"""Profiling and compilation: traces, optimised-HLO dumps, their summary, and the persistent compilation cache.
+
+* :func:`maybe_trace` records a ``jax.profiler`` trace (``.xplane.pb`` for TensorBoard's profile plugin /
+  XProf, and ``.trace.json.gz`` for Perfetto) of the denoising loop.
+* Every step function jaxvdm compiles ahead of time is reported to :func:`record_compiled`; inside
+  :func:`dump_hlo_to` its optimised HLO is written as ``<dir>/<name>.hlo.txt``. A profile directory
+  always gets them (``<profile_dir>/hlo``), because that is where the named scopes live: the code marks
+  each strategy phase with ``jax.named_scope`` (``lp_window``, ``model_forward``, ``cfg_combine``,
+  ``lp_combine``, ``scheduler``, ``parastep_*``, ``dualparal_*``), XLA keeps the scope path in each
+  instruction's ``op_name``, and :func:`summarize` maps the trace's per-op device times back to them.
+* :func:`summarize` (``jaxvdm profile DIR``) prints time per phase and per op category from a trace,
+  and the collectives with their bytes from the HLO.
+* :func:`enable_compilation_cache` turns on JAX's persistent compilation cache in a user cache folder
+  (``$JAXVDM_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxvdm/xla`` or ``~/.cache/jaxvdm/xla``);
+  ``JAXVDM_COMPILATION_CACHE=0`` turns it off. A second run then loads its executables instead of
+  compiling them.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import gzip
+import json
 import os
+import re
+from collections import defaultdict
+from pathlib import Path
 
 import jax
 
-__all__ = ["maybe_trace"]
+__all__ = ["maybe_trace", "dump_hlo_to", "record_compiled", "summarize", "enable_compilation_cache",
+           "PHASES", "cache_dir"]
+
+PHASES = ("lp_window", "model_forward", "cfg_combine", "lp_combine", "scheduler", "parastep_reuse",
+          "parastep_exchange", "parastep_replay", "dualparal_update", "dualparal_stage", "dualparal_exchange")
+
+_hlo_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("jaxvdm_hlo_dir", default=None)
+_cache_state = {"enabled": None}
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+
+def cache_dir() -> Path:
+    if os.environ.get("JAXVDM_CACHE_DIR"):
+        return Path(os.environ["JAXVDM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxvdm" / "xla"
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """Turns on the persistent compilation cache (once per process); returns its folder, or None if off.
+
+    Respects a cache folder the user already configured in JAX, and ``JAXVDM_COMPILATION_CACHE=0``.
+    """
+    if _cache_state["enabled"] is not None and path is None:
+        return _cache_state["enabled"] or None
+    if os.environ.get("JAXVDM_COMPILATION_CACHE", "1") == "0":
+        _cache_state["enabled"] = False
+        return None
+    current = jax.config.jax_compilation_cache_dir
+    if current and path is None:
+        _cache_state["enabled"] = Path(current)
+        return Path(current)
+    folder = Path(path) if path is not None else cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        _cache_state["enabled"] = False
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _cache_state["enabled"] = folder
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ traces and HLO
 
 
 @contextlib.contextmanager
-def maybe_trace(profile_dir: str | os.PathLike | None):
-    """Records a ``jax.profiler`` trace into ``profile_dir`` for the duration (no-op for None)."""
-    if profile_dir is None:
+def dump_hlo_to(directory: str | os.PathLike | None):
+    """Within this context, every compiled step's optimised HLO is written into ``directory``."""
+    if directory is None:
         yield
         return
-    os.makedirs(profile_dir, exist_ok=True)
-    jax.profiler.start_trace(str(profile_dir))
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    token = _hlo_dir.set(path)
     try:
         yield
     finally:
-        jax.profiler.stop_trace()
+        _hlo_dir.reset(token)
+
+
+def record_compiled(name: str, compiled) -> None:
+    """Called by jaxvdm after each ahead-of-time compile; writes the HLO if a dump is active."""
+    directory = _hlo_dir.get()
+    if directory is None:
+        return
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
+    text = compiled.as_text()
+    target = directory / f"{safe}.hlo.txt"
+    n = 1
+    while target.exists() and target.read_text() != text:
+        target = directory / f"{safe}_{n}.hlo.txt"
+        n += 1
+    target.write_text(text)
+
+
+@contextlib.contextmanager
+def maybe_trace(profile_dir: str | os.PathLike | None, dump_hlo: str | os.PathLike | None = None):
+    """Records a ``jax.profiler`` trace into ``profile_dir`` (no-op for None) and dumps the HLO of the
+    steps compiled meanwhile into ``dump_hlo`` (default ``<profile_dir>/hlo`` when profiling)."""
+    hlo = dump_hlo if dump_hlo is not None else (Path(profile_dir) / "hlo" if profile_dir is not None else None)
+    with dump_hlo_to(hlo):
+        if profile_dir is None:
+            yield
+            return
+        os.makedirs(profile_dir, exist_ok=True)
+        jax.profiler.start_trace(str(profile_dir), create_perfetto_trace=True)
+        try:
+            yield
+        finally:
+            jax.profiler.stop_trace()
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+_OPNAME = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{[^}]*op_name="([^"]*)"')
+
+
+def hlo_scopes(hlo_text: str) -> dict[str, str]:
+    """Instruction name -> jaxvdm phase (the innermost known named scope in its ``op_name``)."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = _OPNAME.match(line)
+        if not m:
+            continue
+        name, op_name = m.groups()
+        parts = op_name.split("/")
+        phase = next((p for p in reversed(parts) if p in PHASES), None)
+        if phase is not None:
+            out[name] = phase
+    return out
+
+
+def _category(op: str) -> str:
+    op = op.lower()
+    for key, cat in (("all-reduce", "collective"), ("all-gather", "collective"), ("all-to-all", "collective"),
+                     ("collective-permute", "collective"), ("reduce-scatter", "collective"),
+                     ("convolution", "matmul/conv"), ("dot", "matmul/conv"), ("gemm", "matmul/conv"),
+                     ("cudnn", "attention (cuDNN)"), ("fusion", "fusion"), ("copy", "copy/layout"),
+                     ("transpose", "copy/layout"), ("while", "control"), ("conditional", "control")):
+        if key in op:
+            return cat
+    return "other"
+
+
+def _trace_events(directory: Path):
+    """``(hlo_op, hlo_module, duration_ps)`` of device/XLA op events in the newest trace under ``directory``."""
+    from jax.profiler import ProfileData
+
+    pbs = sorted(directory.glob("**/*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+    if not pbs:
+        return None
+    data = ProfileData.from_file(str(pbs[-1]))
+    events = []
+    for plane in data.planes:
+        for line in plane.lines:
+            for ev in line.events:
+                stats = dict(ev.stats)
+                op = stats.get("hlo_op")
+                if op:
+                    events.append((str(op), str(stats.get("hlo_module", "")), float(ev.duration_ns) * 1e3))
+    return events
+
+
+def summarize(directory: str | os.PathLike) -> dict:
+    """Summary of a profile directory (trace and/or HLO dump).
+
+    Returns ``{"phases": {phase: seconds}, "categories": {category: seconds}, "collectives": [...],
+    "hlo_files": n, "trace": bool}``; phases come from the named scopes, collectives (kind, count,
+    bytes per device) from the HLO of every dumped step.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"{directory}: no such profile or HLO directory")
+    hlo_files = sorted(directory.glob("**/*.hlo.txt"))
+    scopes: dict[str, str] = {}
+    collectives = []
+    for f in hlo_files:
+        text = f.read_text()
+        scopes.update(hlo_scopes(text))
+        try:
+            from jaxvdm.sharding import comm
+
+            report = comm.comm_report(comm.collectives_from_hlo(text), _num_devices(text))
+            collectives.append({"file": f.name, **report.to_dict()})
+        except Exception as e:  # an HLO the parser cannot read should not hide the rest of the summary
+            collectives.append({"file": f.name, "error": str(e)})
+    events = _trace_events(directory)
+    phases: dict[str, float] = defaultdict(float)
+    cats: dict[str, float] = defaultdict(float)
+    if events:
+        for op, _module, ps in events:
+            seconds = ps * 1e-12
+            phases[scopes.get(op, "other")] += seconds
+            cats[_category(op)] += seconds
+    if not hlo_files and events is None:
+        raise FileNotFoundError(f"{directory}: no trace (*.xplane.pb) and no HLO dump (*.hlo.txt) found")
+    return {"phases": dict(phases), "categories": dict(cats), "collectives": collectives,
+            "hlo_files": len(hlo_files), "trace": events is not None}
+
+
+def _num_devices(hlo_text: str) -> int:
+    m = re.search(r"num_partitions=(\d+)", hlo_text)
+    r = re.search(r"replica_count=(\d+)", hlo_text)
+    return max(int(m.group(1)) if m else 1, int(r.group(1)) if r else 1)
+
+
+def format_summary(s: dict) -> str:
+    lines = []
+    if s["trace"]:
+        total = sum(s["phases"].values()) or 1.0
+        lines.append("time per phase (device ops):")
+        for k, v in sorted(s["phases"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {k:<20} {v * 1e3:10.3f} ms  {100 * v / total:5.1f}%")
+        lines.append("time per op category:")
+        for k, v in sorted(s["categories"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {k:<20} {v * 1e3:10.3f} ms  {100 * v / total:5.1f}%")
+    lines.append(f"collectives in {s['hlo_files']} compiled step(s):")
+    for c in s["collectives"]:
+        if "error" in c:
+            lines.append(f"  {c['file']}: could not parse ({c['error']})")
+            continue
+        lines.append(f"  {c['file']}:")
+        for kind, info in sorted(c.get("per_kind", {}).items()):
+            lines.append(f"    {kind:<20} count {info['count']:5d}   {info['bytes_per_device']:>14,d} B/device")
+    return "\n".join(lines)
+
+
+def load_perfetto(directory: str | os.PathLike) -> dict:
+    """The Perfetto JSON trace written next to the xplane (for tests and quick looks)."""
+    files = sorted(Path(directory).glob("**/*.trace.json.gz"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no .trace.json.gz")
+    with gzip.open(files[-1], "rt") as f:
+        return json.load(f)

@@ -23,6 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxvdm.models.wan.transformer import WanTransformer
+from jaxvdm.profiling import record_compiled
 from jaxvdm.sharding.mesh import place
 from jaxvdm.sharding.predict import LPWindow, _block_dims, guided_prediction, shard_map, state_specs
 from jaxvdm.sharding.registry import Plan
@@ -82,7 +83,8 @@ class Denoiser:
 
             def step(state, x, sstate, i, ctx, g):
                 v = predict(state, x, scheduler.timestep(i), ctx, g)
-                return scheduler.step(sstate, v, x, i)
+                with jax.named_scope("scheduler"):
+                    return scheduler.step(sstate, v, x, i)
 
             self._steps[key] = jax.jit(step, donate_argnums=(1, 2))
         return self._steps[key]
@@ -91,7 +93,10 @@ class Denoiser:
         """The step for ``args`` compiled ahead of time (cached), so compile time is measured apart."""
         key = ("compiled", scheduler, None if lp is None else lp.key(), jax.tree.map(lambda a: (a.shape, a.dtype), args[1:]))
         if key not in self._steps:
-            self._steps[key] = self.step_fn(scheduler, lp).lower(*args).compile()
+            compiled = self.step_fn(scheduler, lp).lower(*args).compile()
+            record_compiled(f"step_{self.plan.describe()}" + ("" if lp is None else f"_lp_axis{lp.axis}_len{lp.length}"),
+                            compiled)
+            self._steps[key] = compiled
         return self._steps[key]
 
     def place(self, tree):

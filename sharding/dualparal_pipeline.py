@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxvdm.models.wan.transformer import unpatchify
 from jaxvdm.sharding import dualparal as dp
 from jaxvdm.sharding import dualparal_schedule as sched_lib
+from jaxvdm.profiling import record_compiled
 from jaxvdm.sharding.mesh import place
 from jaxvdm.sharding.predict import shard_map
 
@@ -99,26 +100,29 @@ def build(model, plan, mesh, geo, scheduler, *, with_cfg: bool, attention=None):
             pick = lambda a: a[s]  # noqa: E731
             ik, id_, iv, ird = pick(row["item_k"]), pick(row["item_d"]), pick(row["item_valid"]), pick(row["item_read"])
             ak, ad, av = row["arrival_k"], row["arrival_d"], row["arrival_valid"]
-            xa, sa = dp.update_block(scheduler, x, sstate, pred, ak, ad, geo)
-            apply = av & (s == 0)
-            x = jnp.where(apply, xa, x)
-            sstate = jax.tree.map(lambda new, old: jnp.where(apply, new, old), sa, sstate)
+            with jax.named_scope("dualparal_update"):
+                xa, sa = dp.update_block(scheduler, x, sstate, pred, ak, ad, geo)
+                apply = av & (s == 0)
+                x = jnp.where(apply, xa, x)
+                sstate = jax.tree.map(lambda new, old: jnp.where(apply, new, old), sa, sstate)
             xw = lax.dynamic_slice_in_dim(x, geo.start(ik), geo.window, axis=2)
             h = jnp.where(s == 0, dp.embed_window(m, xw, ctx), hidden)
             t = scheduler.timestep(id_)
-            if geo.C > 0:
-                h, (nk, nv) = dp.window_layers(m, h, t, ctx, geo, (ck, cv), ird, attention=attention,
-                                               layer_valid=layer_valid)
-                ck, cv = jnp.where(iv, nk, ck), jnp.where(iv, nv, cv)
-            else:
-                h, _ = dp.window_layers(m, h, t, ctx, geo, (ck, cv), ird, attention=attention, layer_valid=layer_valid)
+            with jax.named_scope("dualparal_stage"):
+                out = dp.window_layers(m, h, t, ctx, geo, (ck, cv), ird, attention=attention, layer_valid=layer_valid)
+                if geo.C > 0:
+                    h, (nk, nv) = out
+                    ck, cv = jnp.where(iv, nk, ck), jnp.where(iv, nv, cv)
+                else:
+                    h = out[0]
             temb, _, _ = m.embed_condition(jnp.full((h.shape[0],), t, jnp.float32), ctx)
             v = unpatchify(m.head_tokens(h, temb), geo.grid, cfg.patch_size, cfg.out_channels)
             if with_cfg:
                 both = lax.all_gather(v, cfg_axis, axis=0, tiled=True) if cfg_axis else v
                 v = both[1:2] + g * (both[0:1] - both[1:2])
-            hidden = lax.ppermute(h, axis, [(i, i + 1) for i in range(n - 1)]) if n > 1 else h
-            pred = lax.ppermute(v, axis, [(n - 1, 0)]) if n > 1 else v
+            with jax.named_scope("dualparal_exchange"):
+                hidden = lax.ppermute(h, axis, [(i, i + 1) for i in range(n - 1)]) if n > 1 else h
+                pred = lax.ppermute(v, axis, [(n - 1, 0)]) if n > 1 else v
             return (hidden, pred, ck, cv, x, sstate), None
 
         carry, _ = lax.scan(slot, (hidden, pred, ck, cv, x, sstate), xs)
@@ -139,6 +143,7 @@ def run(pipe, plan, mesh, x0, context, guidance, scheduler, geo, *, attention=No
     t0 = time.perf_counter()
     compiled = f.lower(*args).compile()
     compile_s = time.perf_counter() - t0
+    record_compiled(f"dualparal_{plan.describe()}", compiled)
     t0 = time.perf_counter()
     x = compiled(*args)
     x.block_until_ready()

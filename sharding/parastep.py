@@ -39,6 +39,7 @@ from flax import nnx
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from jaxvdm.profiling import record_compiled
 from jaxvdm.sharding.predict import LPWindow, guided_prediction, shard_map
 from jaxvdm.sharding.registry import Plan
 
@@ -97,13 +98,16 @@ def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lp: LP
         n = lax.axis_size(axis)
         j = lax.axis_index(axis)
         model = nnx.merge(graphdef, params)
-        xh = _reuse(scheduler, cache[0], x, sstate, s, j, n)
+        with jax.named_scope("parastep_reuse"):
+            xh = _reuse(scheduler, cache[0], x, sstate, s, j, n)
         i = jnp.minimum(s + j, last)
         o = guided_prediction(model, xh, scheduler.timestep(i), ctx, g, plan=plan, lp=lp, attention=attention,
                               block_dims=block_dims)
-        gathered = lax.all_gather(o, axis, axis=0)  # [N, 1, C, T, H, W]
-        for k in range(n_pos):
-            x, sstate = scheduler.step(sstate, gathered[k], x, s + k)
+        with jax.named_scope("parastep_exchange"):
+            gathered = lax.all_gather(o, axis, axis=0)  # [N, 1, C, T, H, W]
+        with jax.named_scope("parastep_replay"):
+            for k in range(n_pos):
+                x, sstate = scheduler.step(sstate, gathered[k], x, s + k)
         new_cache = o if policy == "own" else gathered[n_pos - 1]
         return x, sstate, new_cache[None]
 
@@ -145,6 +149,7 @@ def sample(pipe, plan: Plan, mesh, noise, context, guidance: float, scheduler, *
                 return x, sstate, v
 
             compiled[key] = jax.jit(warm).lower(den.state, x, sstate, jnp.int32(0), ctx, g).compile()
+            record_compiled(f"parastep_warmup_{plan.describe()}", compiled[key])
         return compiled[key]
 
     cache_sharding = jax.sharding.NamedSharding(mesh, P(plan.loop_axis))
@@ -158,6 +163,7 @@ def sample(pipe, plan: Plan, mesh, noise, context, guidance: float, scheduler, *
                           out_specs=(P(), P(), P(plan.loop_axis)))
             cache_abs = jax.ShapeDtypeStruct(cache_shape, jnp.float32, sharding=cache_sharding)
             compiled[key] = jax.jit(f).lower(den.state, x, sstate, cache_abs, jnp.int32(0), ctx, g).compile()
+            record_compiled(f"parastep_round{n_pos}_{plan.describe()}", compiled[key])
         return compiled[key]
 
     plan_rounds = rounds(T, warmup, n)

@@ -122,11 +122,12 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
     patch = model.config.patch_size
     lp_on = lp is not None and lp.axis is not None
     if lp_on:
-        k = lax.axis_index(plan.lp_axis)
-        start = jnp.asarray(lp.starts, jnp.int32)[k]
-        xw = lax.dynamic_slice_in_dim(x, start, lp.length, axis=lp.axis)
-        offset = [0, 0, 0]
-        offset[lp.axis - 2] = start // patch[lp.axis - 2]
+        with jax.named_scope("lp_window"):
+            k = lax.axis_index(plan.lp_axis)
+            start = jnp.asarray(lp.starts, jnp.int32)[k]
+            xw = lax.dynamic_slice_in_dim(x, start, lp.length, axis=lp.axis)
+            offset = [0, 0, 0]
+            offset[lp.axis - 2] = start // patch[lp.axis - 2]
     else:
         xw, offset = x, [0, 0, 0]
 
@@ -139,19 +140,24 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
     else:
         ctx_b, xb = ctx, xw
     tb = jnp.full((xb.shape[0],), t, jnp.float32)
-    v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention, block_dims=block_dims)
+    with jax.named_scope("model_forward"):
+        v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention,
+                          block_dims=block_dims)
 
     if with_cfg:
-        both = lax.all_gather(v, plan.cfg_axis, axis=0, tiled=True) if plan.cfg_axis else v
-        cond, uncond = both[0:1], both[1:2]
-        v = uncond + guidance * (cond - uncond)
+        with jax.named_scope("cfg_combine"):
+            both = lax.all_gather(v, plan.cfg_axis, axis=0, tiled=True) if plan.cfg_axis else v
+            cond, uncond = both[0:1], both[1:2]
+            v = uncond + guidance * (cond - uncond)
 
     if lp_on:
-        w = jnp.asarray(lp.weights, jnp.float32)[k]
-        shape = [1] * v.ndim
-        shape[lp.axis] = lp.length
-        placed = lax.dynamic_update_slice_in_dim(jnp.zeros_like(x, jnp.float32), v * w.reshape(shape), start, axis=lp.axis)
-        v = lax.psum(placed, plan.lp_axis)
+        with jax.named_scope("lp_combine"):
+            w = jnp.asarray(lp.weights, jnp.float32)[k]
+            shape = [1] * v.ndim
+            shape[lp.axis] = lp.length
+            placed = lax.dynamic_update_slice_in_dim(jnp.zeros_like(x, jnp.float32), v * w.reshape(shape), start,
+                                                     axis=lp.axis)
+            v = lax.psum(placed, plan.lp_axis)
     return v
 
 

@@ -103,7 +103,9 @@ class WanVAEConfig:
         if self.is_residual:
             raise ValueError("is_residual=True is the Wan2.2 VAE, which jaxvdm does not implement; use a Wan2.1 VAE")
         if self.patch_size not in (None, 1):
-            raise ValueError(f"patch_size={self.patch_size} (Wan2.2 VAE) is not supported; use a Wan2.1 VAE (patch_size null)")
+            raise ValueError(
+                f"patch_size={self.patch_size} (Wan2.2 VAE) is not supported; use a Wan2.1 VAE (patch_size null)"
+            )
         if tuple(self.attn_scales):
             raise ValueError(
                 f"attn_scales={list(self.attn_scales)}: encoder attention is not supported (the reference's "
@@ -322,16 +324,13 @@ class Resample(nnx.Module):
 
     def __init__(self, dim: int, mode: str, out_dim: int | None = None, *, param_dtype, rngs: nnx.Rngs):
         self.mode = mode
+        kw = dict(param_dtype=param_dtype, rngs=rngs)
         if mode.startswith("upsample"):
-            self.resample = SpatialConv(dim, dim // 2 if out_dim is None else out_dim, param_dtype=param_dtype, rngs=rngs)
-            self.time_conv = (
-                CausalConv3d(dim, 2 * dim, (3, 1, 1), param_dtype=param_dtype, rngs=rngs) if mode == "upsample3d" else None
-            )
+            self.resample = SpatialConv(dim, dim // 2 if out_dim is None else out_dim, **kw)
+            self.time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1), **kw) if mode == "upsample3d" else None
         elif mode.startswith("downsample"):
-            self.resample = SpatialConv(dim, dim, param_dtype=param_dtype, rngs=rngs)
-            self.time_conv = (
-                CausalConv3d(dim, dim, (3, 1, 1), param_dtype=param_dtype, rngs=rngs) if mode == "downsample3d" else None
-            )
+            self.resample = SpatialConv(dim, dim, **kw)
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), **kw) if mode == "downsample3d" else None
         else:
             raise ValueError(f"unknown resample mode {mode!r}")
 
@@ -483,7 +482,9 @@ class WanVAE(nnx.Module):
         f, h, w = shape[2:]
         tf, s = cfg.temporal_factor, cfg.spatial_factor
         if f < 1 or (f - 1) % tf:
-            raise ValueError(f"the frame count F={f} must be {tf}*k+1 (e.g. {tf * ((f - 1) // tf) + 1}); trim the video")
+            raise ValueError(
+                f"the frame count F={f} must be {tf}*k+1 (e.g. {tf * ((f - 1) // tf) + 1}); trim the video"
+            )
         if h % s or w % s or h == 0 or w == 0:
             raise ValueError(f"height and width ({h}, {w}) must be positive multiples of {s}; crop or pad the video")
         return 1 + (f - 1) // tf
@@ -697,7 +698,9 @@ def _model_from_params(config: WanVAEConfig, params: dict, dtype, param_dtype) -
             node = node[getattr(k, "key", getattr(k, "idx", k))]
         arr = np.asarray(node)
         if arr.shape != tuple(leaf.shape):  # guards the conversion itself; the strict check ran first
-            raise CheckpointError(f"internal: converted {jax.tree_util.keystr(path)} is {arr.shape}, model needs {leaf.shape}")
+            raise CheckpointError(
+                f"internal: converted {jax.tree_util.keystr(path)} is {arr.shape}, model needs {leaf.shape}"
+            )
         return jnp.asarray(arr, dtype=leaf.dtype)
 
     pure = jax.tree_util.tree_map_with_path(take, nnx.to_pure_dict(state))
