@@ -67,6 +67,7 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     g.add_argument("--shift", type=float)
     g.add_argument("--attention", choices=["auto", "xla", "xla_chunked", "cudnn"])
     g.add_argument("--profile-dir", help="write a jax.profiler trace of the denoising loop here")
+    g.add_argument("--dump-hlo", help="write the optimised HLO of every compiled step here")
     g.add_argument("--no-progress", action="store_true")
     _add_mesh_args(g)
     opts = _strategy_option_flags(g)
@@ -74,6 +75,10 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     c = sub.add_parser("convert", help="convert a Wan transformer checkpoint to an orbax folder")
     c.add_argument("src")
     c.add_argument("dst")
+
+    pr = sub.add_parser("profile", help="summarise a profile directory (trace and/or HLO dump)")
+    pr.add_argument("directory")
+    pr.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser, opts
 
 
@@ -135,7 +140,7 @@ def _generate(args, opt_names) -> int:
                   width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
                   negative_prompt=args.negative_prompt, seed=args.seed, scheduler=args.scheduler, shift=args.shift,
                   attention=args.attention, progress=False if args.no_progress else None,
-                  profile_dir=args.profile_dir, **options)
+                  profile_dir=args.profile_dir, dump_hlo=args.dump_hlo, **options)
     _validate_before_compute(kwargs)
     video = jaxvdm.generate(args.prompt, **kwargs)
     video.save(out)
@@ -176,6 +181,16 @@ def _convert(args) -> int:
     return 0
 
 
+def _profile(args) -> int:
+    import json
+
+    from jaxvdm.profiling import format_summary, summarize
+
+    s = summarize(args.directory)
+    print(json.dumps(s, indent=1) if args.json else format_summary(s))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, opt_names = _parser()
     args = parser.parse_args(argv)
@@ -184,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args, opt_names)
         if args.command == "convert":
             return _convert(args)
+        if args.command == "profile":
+            return _profile(args)
     except CLIError as e:
         print(f"jaxvdm: error: {e}", file=sys.stderr)
         return 2

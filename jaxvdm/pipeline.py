@@ -185,6 +185,7 @@ def generate(
     attention: str | None = None,
     progress: bool | None = None,
     profile_dir: str | os.PathLike | None = None,
+    dump_hlo: str | os.PathLike | None = None,
     **strategy_options,
 ):
     """Generates a video from a text prompt.
@@ -203,14 +204,18 @@ def generate(
       decode: False returns the video without decoding (``Video.frames`` empty, latents set).
       attention: local attention backend ("auto", "xla", "xla_chunked", "cudnn").
       progress: progress bar over denoising steps (default: on when stderr is a terminal).
-      profile_dir: write a ``jax.profiler`` trace of the denoising loop there.
+      profile_dir: write a ``jax.profiler`` trace of the denoising loop there (and the compiled steps'
+        optimised HLO under ``profile_dir/hlo``); summarise it with ``jaxvdm profile DIR``.
+      dump_hlo: write the optimised HLO of every compiled step into this folder.
       **strategy_options: e.g. ``overlap=0.25`` (lp), ``warmup=5`` (parastep).
 
     Returns:
       A :class:`~jaxvdm.video.Video` with uint8 frames ``[F, H, W, 3]``, fps, final latents and settings.
     """
+    from jaxvdm.profiling import enable_compilation_cache, maybe_trace
     from jaxvdm.video import Video
 
+    enable_compilation_cache()
     t_start = time.perf_counter()
     pipe = get_pipeline(model)
     d = pipe.defaults
@@ -245,9 +250,7 @@ def generate(
     context = _text_context(pipe, prompt, negative_prompt, with_cfg, prompt_embeds, negative_prompt_embeds)
     t_text = time.perf_counter() - t0
 
-    from jaxvdm.profiling import maybe_trace
-
-    with maybe_trace(profile_dir):
+    with maybe_trace(profile_dir, dump_hlo):
         sampler = _strategy_sampler(plan)
         if sampler is None:
             windows = None

@@ -213,13 +213,22 @@ def test_loader_embedding_layouts_and_shards(ref, encoder, tmp_path):
 
     renamed = dict(sd)
     renamed["encoder.embed_tokens.weight"] = renamed.pop("shared.weight")
-    both = dict(sd, **{"encoder.embed_tokens.weight": sd["shared.weight"]})
     ref.model.save_pretrained(tmp_path / "sharded", max_shard_size="10KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
-    for folder in [_write(tmp_path / "renamed", renamed, config), _write(tmp_path / "both", both, config),
-                   tmp_path / "sharded"]:
+    for folder in [_write(tmp_path / "renamed", renamed, config), tmp_path / "sharded"]:
         got = _pure(te.load_text_encoder(folder))
         jax.tree.map(np.testing.assert_array_equal, got, expected)
+
+    # both names with different values: the encoder must use what transformers' encoder uses
+    both = dict(sd, **{"encoder.embed_tokens.weight": sd["shared.weight"] + 1.0})
+    folder = _write(tmp_path / "both", both, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch_model = transformers.UMT5EncoderModel.from_pretrained(folder)
+    got = _pure(te.load_text_encoder(folder))
+    np.testing.assert_array_equal(got["embed"], torch_model.encoder.embed_tokens.weight.detach().numpy())
+    got["embed"] = expected["embed"]
+    jax.tree.map(np.testing.assert_array_equal, got, expected)
 
 
 def test_loader_strict_errors(ref, tmp_path):

@@ -64,7 +64,11 @@ __all__ = [
 
 F32 = jnp.float32
 _WEIGHTS = "model"
-_EMBED_KEYS = ("shared.weight", "encoder.embed_tokens.weight")  # tied; transformers writes shared.weight
+# The token embedding: transformers' save_pretrained writes ``shared.weight`` (the tied copy
+# ``encoder.embed_tokens.weight`` is dropped); when a checkpoint holds both with different values,
+# transformers unties them and the encoder runs on ``encoder.embed_tokens.weight``, so that one wins.
+_EMBED_SAVED = "shared.weight"
+_EMBED_USED = "encoder.embed_tokens.weight"
 
 _ACTIVATIONS = {
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -301,7 +305,7 @@ class UMT5Encoder(nnx.Module):
             return _encoder_layer(carry, p, buckets, key_bias, cfg, self.dtype), None
 
         x, _ = jax.lax.scan(body, x, stacked)
-        return x.astype(self.dtype)
+        return _rms_norm(x, self.final_norm[...], cfg.layer_norm_epsilon, self.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -361,16 +365,17 @@ def params_from_transformers(cfg: UMT5EncoderConfig, sd: Mapping[str, np.ndarray
                              param_dtype=np.float32, wo_dtype=np.float32) -> dict:
     """Converts a transformers UMT5 encoder state dict to our parameter tree (numpy arrays).
 
-    The embedding is taken from ``shared.weight`` if present, else ``encoder.embed_tokens.weight``
-    (transformers ties the two, the first being the source; ``save_pretrained`` writes only
-    ``shared.weight``). Linear weights ``[out, in]`` become kernels ``[in, out]``; per-layer tensors
-    are stacked on a leading layer axis; each tensor is cast to its storage dtype before stacking.
+    The embedding is ``encoder.embed_tokens.weight`` if present, else ``shared.weight`` (what
+    ``save_pretrained`` writes). These are tied in transformers; if a checkpoint holds both with
+    different values transformers unties them and the encoder uses ``encoder.embed_tokens.weight``,
+    and so do we. Linear weights ``[out, in]`` become kernels ``[in, out]``; per-layer tensors are
+    stacked on a leading layer axis; each tensor is cast to its storage dtype before stacking.
 
     Raises CheckpointError naming every missing, unexpected or mis-shaped tensor.
     """
     expected = text_encoder_tensor_shapes(cfg)
-    present = [k for k in _EMBED_KEYS if k in sd] or [_EMBED_KEYS[0]]
-    for k in present:
+    present = [k for k in (_EMBED_USED, _EMBED_SAVED) if k in sd] or [_EMBED_SAVED]
+    for k in present:  # a missing embedding is reported under the name save_pretrained writes
         expected[k] = (cfg.vocab_size, cfg.d_model)
     check_tensors(expected, sd, source=source)
 
