@@ -44,7 +44,7 @@ import numpy as np
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "BACKGROUND_LEVELS", "MOTIONS", "MOTION_PHRASES", "DIRECTIONS", "SIZE_WORDS",
     "VOCAB", "PAD_ID", "UNK_ID", "MAX_LEN", "MAX_LEN_TWO_SHAPES", "ObjectSpec", "ClipSpec", "CaptionObject",
-    "ParsedCaption", "sample_spec", "render", "render_batch", "caption", "parse_caption", "tokenize",
+    "ParsedCaption", "AREA_FACTOR", "sample_spec", "render", "render_batch", "caption", "parse_caption", "tokenize",
     "tokenize_batch", "detokenize", "sample_batch", "to_rng",
 ]
 
@@ -92,7 +92,7 @@ VOCAB = ("<pad>", "<unk>", "a", "and", "on", "background", "small", "big",
 PAD_ID = 0
 UNK_ID = 1
 MAX_LEN = 12             # one-shape captions have at most 10 words
-MAX_LEN_TWO_SHAPES = 16  # two-shape captions have at most 15 words
+MAX_LEN_TWO_SHAPES = 18  # two-shape captions have at most 17 words
 _WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 _CAPTION_WORDS = tuple(w for w in VOCAB if not w.startswith("<"))
 
@@ -213,12 +213,25 @@ def _sample_object(rng: np.random.Generator, motion: str, shape: str, colour: st
                       radius=float(r0), radius_end=float(r1))
 
 
+_MAX_TRIES = 1000
+_GAP = 0.03  # smallest gap between the boxes of two shapes, as a fraction of the frame
+
+
+def _boxes_meet(a: ObjectSpec, b: ObjectSpec, samples: int = 33) -> bool:
+    """Whether the ``2R`` boxes of two shapes come closer than :data:`_GAP` at any time of the clip."""
+    centre, radius = _trajectories([a, b], samples)
+    gap = np.abs(centre[0] - centre[1]) - (radius[0] + radius[1])[:, None]  # [T, 2] per axis
+    return bool(np.any(np.max(gap, axis=1) < _GAP))
+
+
 def sample_spec(rng, *, two_shapes: bool = False, motions=MOTIONS, shapes=SHAPES, colours=tuple(COLOURS),
                 backgrounds=BACKGROUNDS, p_say_size: float = 0.7, p_say_background: float = 0.8) -> ClipSpec:
     """A random clip spec (uniform over the given motions, shapes, colours, backgrounds).
 
     ``rng``: anything :func:`to_rng` takes. With ``two_shapes`` the second shape has a different colour and a
-    different shape from the first, and its own random motion.
+    different shape from the first, and its own random motion; the pair is redrawn (up to 1000 times) until
+    their boxes stay at least 0.03 of the frame apart all clip long, so neither hides the other (this favours
+    pairs of motions that can keep apart, e.g. fewer two big shapes crossing).
     """
     rng = to_rng(rng)
     for name, vals, known in (("motion", motions, MOTIONS), ("shape", shapes, SHAPES), ("colour", colours, COLOURS),
@@ -226,15 +239,19 @@ def sample_spec(rng, *, two_shapes: bool = False, motions=MOTIONS, shapes=SHAPES
         bad = [v for v in vals if v not in known]
         if bad or not vals:
             raise ValueError(f"unknown {name}(s) {bad}; choose from {list(known)}")
-    objs = []
-    for k in range(2 if two_shapes else 1):
-        shape_choices = [s for s in shapes if all(o.shape != s for o in objs)]
-        colour_choices = [c for c in colours if all(o.colour != c for o in objs)]
-        if not shape_choices or not colour_choices:
-            raise ValueError("two_shapes needs at least two shapes and two colours to choose from")
-        objs.append(_sample_object(rng, motions[rng.integers(len(motions))],
-                                   shape_choices[rng.integers(len(shape_choices))],
-                                   colour_choices[rng.integers(len(colour_choices))]))
+    n_objects = 2 if two_shapes else 1
+    if n_objects > min(len(shapes), len(colours)):
+        raise ValueError("two_shapes needs at least two shapes and two colours to choose from")
+    for _ in range(_MAX_TRIES):  # keep two shapes apart, so neither hides part of the other
+        objs: list[ObjectSpec] = []
+        for k in range(n_objects):
+            shape_choices = [s for s in shapes if all(o.shape != s for o in objs)]
+            colour_choices = [c for c in colours if all(o.colour != c for o in objs)]
+            objs.append(_sample_object(rng, motions[rng.integers(len(motions))],
+                                       shape_choices[rng.integers(len(shape_choices))],
+                                       colour_choices[rng.integers(len(colour_choices))]))
+        if n_objects == 1 or not _boxes_meet(objs[0], objs[1]):
+            break
     background = backgrounds[rng.integers(len(backgrounds))]
     return ClipSpec(objects=tuple(objs), background=background, bg_angle=float(rng.uniform(0, 2 * math.pi)),
                     say_size=bool(rng.random() < p_say_size), say_background=bool(rng.random() < p_say_background))
@@ -300,7 +317,7 @@ def _backgrounds(specs: list[ClipSpec], size: int) -> np.ndarray:
     return out
 
 
-_AREA_FACTOR = {"circle": math.pi, "square": 4.0, "triangle": 2.0}      # area / R^2
+AREA_FACTOR = {"circle": math.pi, "square": 4.0, "triangle": 2.0}      # area / R^2
 _CENTROID_DY = {"circle": 0.0, "square": 0.0, "triangle": 1.0 / 3.0}   # centroid - box centre, in R
 
 
@@ -315,7 +332,7 @@ def render_batch(specs: list[ClipSpec], num_frames: int = 16, size: int = 32) ->
     if num_frames < 1 or size < 8:
         raise ValueError(f"need num_frames >= 1 and size >= 8, got num_frames={num_frames}, size={size}")
     b = len(specs)
-    k_max = max(len(s.objects) for s in specs)
+    k_max = max((len(s.objects) for s in specs), default=0)
     grey = _backgrounds(specs, size) * 2 - 1
     img = np.broadcast_to(grey[:, None, :, :, None], (b, num_frames, size, size, 1))  # [B, F, H, W, 1->3]
     geo = {"centroid": np.zeros((b, k_max, num_frames, 2)), "radius": np.zeros((b, k_max, num_frames)),
@@ -340,10 +357,10 @@ def render_batch(specs: list[ClipSpec], num_frames: int = 16, size: int = 32) ->
             geo["centroid"][rows, k, :, 0] = centre_px[sel, :, 0]
             geo["centroid"][rows, k, :, 1] = centre_px[sel, :, 1] + _CENTROID_DY[shape] * radius_px[sel]
             geo["radius"][rows, k] = radius_px[sel]
-            geo["area"][rows, k] = _AREA_FACTOR[shape] * radius_px[sel] ** 2
+            geo["area"][rows, k] = AREA_FACTOR[shape] * radius_px[sel] ** 2
             geo["present"][rows, k] = True
         img = img + alpha * ((colour * 2 - 1) - img)  # over-composite (absent shapes have alpha 0)
-    return np.ascontiguousarray(img, np.float32), geo
+    return np.ascontiguousarray(np.broadcast_to(img, (b, num_frames, size, size, 3)), np.float32), geo
 
 
 def render(spec: ClipSpec, num_frames: int = 16, size: int = 32) -> tuple[np.ndarray, dict]:
@@ -448,7 +465,8 @@ def parse_caption(text: str) -> ParsedCaption:
             raise ValueError(f"caption {text!r}: expected a motion at word {pos + 1}, got {got!r}; motions are: "
                              + ", ".join(repr(p) for p in MOTION_PHRASES.values()))
         if size_word and motion in ("grow", "shrink"):
-            raise ValueError(f"caption {text!r}: a size word ('{size_word}') does not go with '{MOTION_PHRASES[motion]}'")
+            raise ValueError(f"caption {text!r}: a size word ('{size_word}') does not go with "
+                             f"'{MOTION_PHRASES[motion]}'")
         objects.append(CaptionObject(shape=shape, colour=colour, motion=motion, size_word=size_word))
         if pos < len(words) and words[pos] == "and":
             pos += 1
@@ -475,7 +493,7 @@ def tokenize(text: str, max_len: int = MAX_LEN) -> list[int]:
     words = _words(text)
     if len(words) > max_len:
         raise ValueError(f"caption {text!r} has {len(words)} words; the text encoder reads at most {max_len} "
-                         f"(the shapes grammar needs at most {MAX_LEN} for one shape, {MAX_LEN_TWO_SHAPES} for two)")
+                         f"(captions of the shapes grammar have at most 10 words for one shape, 17 for two)")
     ids = [_WORD_ID.get(w, UNK_ID) if not w.startswith("<") else UNK_ID for w in words]
     return ids + [PAD_ID] * (max_len - len(ids))
 

@@ -10,30 +10,38 @@ thirteen motions. For a clip ``[F, H, W, 3]`` (float in ``[-1, 1]`` or uint8) it
    background and the colour's. A pixel is *core* for the colour with the smallest angle when that angle is
    below 25 degrees and ``alpha`` is between 0.5 and 1.6 (so mixtures at blurred edges never count as a
    third colour, and noise of sigma 0.05 is 5 sigma away from alpha 0.5);
-3. per tracked colour and frame, takes the largest 8-connected core component, grows it by two pixels to
-   take in the soft edge, and measures the alpha-weighted area and centroid (invariant to blur) and shape
-   features;
-4. classifies the shape (triangle: vertical/horizontal skewness of the mass, |skew| > 0.25 where an
-   upright triangle has 0.57 and circles and squares 0; square vs circle: longest diagonal chord over longest
-   axis-parallel chord, sqrt 2 for a square and 1 for a circle, threshold 1.19; medians over the frames
-   where the shape is large and clear of the border) and the motion (bounce: the track overshoots both of
-   its end points by >= 0.08 of the frame along one axis; translation: fitted displacement over the clip
-   >= 0.12 of the frame, direction in one of eight 45-degree sectors; grow/shrink: fitted area ratio over
-   the clip >= 1.8 or <= 1/1.8; otherwise standing still).
+3. per tracked colour (the caption's number of shapes, most frequent colours first) and frame, takes the
+   largest 8-connected core component, grows it by three pixels to take in the soft edge (alpha > 0.15),
+   and measures the alpha-weighted area and centroid (both unchanged by blur);
+4. classifies the shape from medians over the frames where it is at least half its largest area and
+   clear of the border and of other shapes: triangle when the third cumulant of the mass along x or y,
+   over area^1.5, exceeds 0.0085 (an upright triangle has 0.021, circles and squares 0); otherwise square
+   when the mean of ``(diagonal / axis chord - 1) / (sqrt2 - 1)`` and ``(1 - diagonal / axis fourth
+   cumulant) / 0.5`` (each 0 for a disc, 1 for a square) exceeds 0.35, else circle. Cumulants above the
+   second are unchanged by a Gaussian blur, which is why these features survive blurry clips;
+5. classifies the motion from the centroid track: bounce when the (3-frame smoothed) track overshoots
+   both its end points by >= 0.08 of the frame along one axis, covering >= 0.2; else translation when the
+   least-squares displacement over the clip is >= 0.12 of the frame, its direction rounded to one of
+   eight 45-degree sectors; else grow/shrink when the fitted area ratio over the clip is >= 1.8 or
+   <= 1/1.8; else standing still.
 
 The training data keep clear of every threshold (translations >= 0.3 of the frame per axis, bounces
-overshoot >= 0.14, radius ratios >= 1.8, i.e. area ratios >= 3.2), so imperfect generated clips have room.
+overshoot >= 0.13, radius ratios >= 1.8, i.e. area ratios >= 3.2), so imperfect generated clips have room.
 
 Scores (:func:`score_clip`): ``colour_right`` (the most frequent colours are the caption's),
 ``shape_right``, ``direction_right`` (the classified motion is the caption's), ``adherent`` (all three),
 ``consistency`` in [0, 1] (fraction of consecutive frame pairs in which the shape is found in both and
-moves and changes size smoothly: jump <= max(2.5 x median jump, 0.05 of the frame) and area ratio within
-[2/3, 3/2]), plus ``found_fraction``, ``size_right`` / ``background_right`` (None when the caption does not
-say) and the predicted attributes.
+moves and changes size smoothly: jump <= max(2.5 x the typical step of the 5-frame-averaged track, 0.07 of
+the frame) and area ratio within [2/3, 3/2]), ``found_fraction``, and two scores outside ``adherent``:
+``size_right`` (half-extent from the area and the classified shape, corrected for washed-out colour,
+below 0.15 of the frame is "small") and ``background_right`` (gradient when the fitted background spans
+>= 0.2 across the frame, else dark below a mean level of 0.45, else light), each None when the caption
+does not say. All thresholds are in :data:`THRESHOLDS`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -46,22 +54,23 @@ __all__ = ["score_clip", "score_batch", "analyse_clip", "classify_shape", "class
 THRESHOLDS = dict(
     core_alpha=(0.5, 1.6),     # alpha range of a core pixel
     core_sin=math.sin(math.radians(25)),   # largest angle (as its sine) of a core pixel's deviation
-    soft_sin=0.5,              # edge pixels (alpha 0.2..0.5) may deviate more
-    soft_alpha=0.2,
-    triangle_skew=0.25,
-    square_diag_ratio=1.19,
+    soft_alpha=0.15,           # edge pixels next to the core count from this alpha...
+    soft_sin=0.6,              # ...and may deviate more in colour
+    triangle_k3=0.0085,
+    squareness=0.35,
     bounce_overshoot=0.08,
     bounce_range=0.2,
     translation=0.12,
     grow_area_ratio=1.8,
     small_big_radius=0.15,     # between data.SIZE_RANGES small (<= 0.13) and big (>= 0.17)
+    consistency_jump=0.07,     # a step this small (fraction of the frame) is always smooth
+    consistency_area=1.5,      # largest area change between consecutive frames
     gradient_range=0.2,
     dark_light_level=0.45,
 )
 
 _COLOUR_NAMES = tuple(data.COLOURS)
 _COLOUR_RGB = np.array([data.COLOURS[c] for c in _COLOUR_NAMES], np.float32)  # [6, 3]
-_AREA_FACTOR = {"circle": math.pi, "square": 4.0, "triangle": 2.0}
 
 
 def _to_unit(clip) -> np.ndarray:
@@ -78,77 +87,119 @@ def _to_unit(clip) -> np.ndarray:
 
 
 def _fit_background(pix: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Robust per-frame affine background ``[F, N, 3]`` for pixels ``[F, N, 3]`` (N = h*w, row-major)."""
+    """Robust per-frame affine background ``[3, F, N]`` for channel planes ``pix`` ``[3, F, N]`` (N = h*w,
+    row-major): least squares on the pixels closest to the previous estimate (first the median colour),
+    three times, on every other row and column (an affine function needs no more)."""
     yy, xx = np.meshgrid((np.arange(h) + 0.5) / h - 0.5, (np.arange(w) + 0.5) / w - 0.5, indexing="ij")
-    x = np.stack([np.ones(h * w), xx.ravel(), yy.ravel()], axis=1).astype(np.float64)  # [N, 3]
-    bg = np.median(pix, axis=1, keepdims=True)
-    res = np.linalg.norm(pix - bg, axis=-1)  # [F, N]
-    for it in range(4):
+    x = np.stack([np.ones(h * w), xx.ravel(), yy.ravel()], axis=1).astype(np.float32)  # [N, 3]
+    sub = (np.arange(h)[:, None] % 2 == 0) & (np.arange(w)[None, :] % 2 == 0)
+    xs, ps = x[sub.ravel()], np.ascontiguousarray(pix[:, :, sub.ravel()])  # [n, 3], [3, F, n]
+    bg = np.median(ps, axis=2, keepdims=True)
+    for it in range(3):
+        res = _norm3(ps - bg)  # [F, n]
         q = np.quantile(res, 0.5 if it == 0 else 0.4, axis=1, keepdims=True)
-        wgt = (res <= (q if it == 0 else np.maximum(q, 0.1))).astype(np.float64)
-        xtwx = np.einsum("fn,ni,nj->fij", wgt, x, x) + 1e-6 * np.eye(3)
-        xtwy = np.einsum("fn,ni,fnc->fic", wgt, x, pix)
-        coef = np.linalg.solve(xtwx, xtwy)  # [F, 3, 3c]
-        bg = np.einsum("ni,fic->fnc", x, coef)
-        res = np.linalg.norm(pix - bg, axis=-1)
-    return bg.astype(np.float32)
+        wgt = (res <= (q if it == 0 else np.maximum(q, 0.1))).astype(np.float32)
+        xw = xs.T[None] * wgt[:, None, :]  # [F, 3, n]
+        lhs = xw @ xs + 1e-6 * np.eye(3, dtype=np.float32)  # [F, 3, 3]
+        rhs = xw @ ps.transpose(1, 2, 0)  # [F, 3 coefficients, 3 channels]
+        coef = np.linalg.solve(lhs, rhs).transpose(2, 0, 1)[..., None]  # [3 channels, F, 3, 1]
+        bg = coef[:, :, 0] + coef[:, :, 1] * xs[:, 1] + coef[:, :, 2] * xs[:, 2]
+    return coef[:, :, 0] + coef[:, :, 1] * x[:, 1] + coef[:, :, 2] * x[:, 2]
+
+
+def _norm3(v: np.ndarray) -> np.ndarray:
+    return np.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
 
 
 def _colour_fields(pix: np.ndarray, bg: np.ndarray):
-    """alpha and sine of the deviation angle of every pixel for every named colour: ``[6, F, N]`` each."""
-    q = pix - bg  # [F, N, 3]
-    d = _COLOUR_RGB[:, None, None, :] - bg[None]  # [6, F, N, 3]
-    dd = np.maximum(np.sum(d * d, -1), 1e-6)
-    alpha = np.einsum("fnc,kfnc->kfn", q, d) / dd
-    resid = np.linalg.norm(q[None] - alpha[..., None] * d, axis=-1)
-    sin = resid / np.maximum(np.linalg.norm(q, axis=-1)[None], 1e-6)
-    return alpha, sin
+    """alpha and sine of the deviation angle of every pixel for every named colour: ``[6, F, N]`` each
+    (``pix``, ``bg``: ``[3, F, N]``)."""
+    q = pix - bg
+    qq = np.maximum(q[0] * q[0] + q[1] * q[1] + q[2] * q[2], 1e-12)
+    alpha, sin = [], []
+    for rgb in _COLOUR_RGB:
+        d0, d1, d2 = rgb[0] - bg[0], rgb[1] - bg[1], rgb[2] - bg[2]
+        dd = np.maximum(d0 * d0 + d1 * d1 + d2 * d2, 1e-6)
+        qd = q[0] * d0 + q[1] * d1 + q[2] * d2
+        alpha.append(qd / dd)
+        # |q - alpha d|^2 = |q|^2 - (q.d)^2 / |d|^2
+        sin.append(np.sqrt(np.clip(1 - qd * qd / (dd * qq), 0, 1)))
+    return np.stack(alpha), np.stack(sin)
 
 
-_EIGHT = np.ones((3, 3), bool)
+_IN_FRAME = np.zeros((3, 3, 3), bool)  # 8-connectivity within a frame, none across frames
+_IN_FRAME[1] = True
 
 
-def _frame_features(m: np.ndarray) -> dict:
-    """Area, centroid and shape features of a soft mask ``[H, W]`` (values in [0, 1])."""
-    h, w = m.shape
-    a = float(m.sum())
-    yy, xx = np.mgrid[0:h, 0:w] + 0.5
-    cx, cy = float((m * xx).sum() / a), float((m * yy).sum() / a)
-    dx, dy = xx - cx, yy - cy
-    vx, vy = float((m * dx * dx).sum() / a), float((m * dy * dy).sum() / a)
-    skx = float((m * dx ** 3).sum() / a) / max(vx, 1e-6) ** 1.5
-    sky = float((m * dy ** 3).sum() / a) / max(vy, 1e-6) ** 1.5
-    axis = max(m.sum(0).max(), m.sum(1).max())
+@functools.lru_cache(maxsize=16)
+def _grids(h: int, w: int):
+    """Pixel-centre coordinates ``[H, W]`` and the flat diagonal / anti-diagonal indices of a frame."""
     i, j = np.mgrid[0:h, 0:w]
-    diag = max(np.bincount((i - j + w - 1).ravel(), m.ravel()).max(), np.bincount((i + j).ravel(), m.ravel()).max())
-    return dict(area=a, cx=cx, cy=cy, skew=max(abs(skx), abs(sky)), diag_ratio=math.sqrt(2) * diag / max(axis, 1e-6))
+    return i + 0.5, j + 0.5, (i - j + w - 1).ravel(), (i + j).ravel()
 
 
-def _track(alpha: np.ndarray, sin: np.ndarray, core: np.ndarray, h: int, w: int) -> list[dict | None]:
-    """Per frame: features of the largest core component of one colour (None where none is found)."""
+def _track(alpha: np.ndarray, sin: np.ndarray, core: np.ndarray, h: int, w: int,
+           others: np.ndarray | None = None) -> list[dict | None]:
+    """Per frame: area, centroid and shape features of the largest core component of one colour (None in
+    frames where none of at least ``max(3, 0.003 H W)`` pixels is found). ``alpha, sin, core``: ``[F, N]``;
+    ``others``: ``[F, H, W]`` core pixels of the other tracked colours (to flag frames where the shapes touch,
+    so one may hide part of the other)."""
+    f = core.shape[0]
     min_core = max(3, int(round(0.003 * h * w)))
-    out = []
-    for f in range(core.shape[0]):
-        c = core[f].reshape(h, w)
-        lab, n = ndimage.label(c, structure=_EIGHT)
-        if n == 0:
-            out.append(None)
-            continue
-        sizes = np.bincount(lab.ravel())[1:]
-        biggest = int(np.argmax(sizes)) + 1
-        if sizes[biggest - 1] < min_core:
-            out.append(None)
-            continue
-        comp = lab == biggest
-        region = ndimage.binary_dilation(comp, structure=_EIGHT, iterations=2)
-        a = alpha[f].reshape(h, w)
-        soft = (a > THRESHOLDS["soft_alpha"]) & (sin[f].reshape(h, w) < THRESHOLDS["soft_sin"])
-        m = np.where(region & (soft | comp), np.clip(a, 0, 1), 0.0)
-        feats = _frame_features(m)
-        rows, cols = np.nonzero(comp)
-        feats["touches_border"] = bool(rows.min() == 0 or cols.min() == 0 or rows.max() == h - 1 or cols.max() == w - 1)
-        out.append(feats)
-    return out
+    lab, n = ndimage.label(core.reshape(f, h, w), structure=_IN_FRAME)
+    if n == 0:
+        return [None] * f
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    frame_of = np.array([sl[0].start for sl in ndimage.find_objects(lab)])  # frame of each label 1..n
+    best = np.zeros(f, np.int64)
+    best_size = np.zeros(f, np.int64)
+    for lbl in range(1, n + 1):
+        fr = frame_of[lbl - 1]
+        if sizes[lbl] > best_size[fr]:
+            best[fr], best_size[fr] = lbl, sizes[lbl]
+    found = best_size >= min_core
+    comp = (lab == best[:, None, None]) & found[:, None, None]
+    region = ndimage.binary_dilation(comp, structure=_IN_FRAME, iterations=3)
+    a = alpha.reshape(f, h, w)
+    soft = (a > THRESHOLDS["soft_alpha"]) & (sin.reshape(f, h, w) < THRESHOLDS["soft_sin"])
+    m = np.where(region & (soft | comp), np.clip(a, 0, 1), 0).astype(np.float64)  # soft mask [F, H, W]
+    yy, xx, diag_i, diag_j = _grids(h, w)
+    area = np.maximum(m.sum((1, 2)), 1e-9)
+
+    def mean(v):  # mass-weighted mean per frame
+        return (m * v).sum((1, 2)) / area
+
+    cx, cy = mean(xx), mean(yy)
+    dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
+    # third cumulant along x and y over area^1.5: 0.021 for an upright triangle, 0 for circles and squares;
+    # a Gaussian blur adds nothing to third and fourth cumulants and keeps the area
+    k3 = np.maximum(np.abs(mean(dx * dx * dx)), np.abs(mean(dy * dy * dy))) / area ** 1.5
+
+    def k4(u):  # fourth cumulant along a direction
+        u2 = u * u
+        v2 = mean(u2)
+        return mean(u2 * u2) - 3 * v2 * v2
+
+    du, dv = (dx + dy) * math.sqrt(0.5), (dx - dy) * math.sqrt(0.5)
+    # diagonal over axis-parallel fourth cumulant: 1 for a disc (isotropic), 1/2 for a square
+    k4_ratio = (k4(du) + k4(dv)) / np.minimum(k4(dx) + k4(dy), -1e-12)
+    # longest diagonal chord over longest axis-parallel chord: sqrt 2 for a square, 1 for a disc
+    axis = np.maximum(m.sum(1).max(1), m.sum(2).max(1))
+    nd = h + w - 1
+    offset = (np.arange(f) * nd)[:, None]
+    d1 = np.bincount((offset + diag_i).ravel(), m.ravel(), f * nd).reshape(f, nd)  # sums along diagonals
+    d2 = np.bincount((offset + diag_j).ravel(), m.ravel(), f * nd).reshape(f, nd)  # ...and anti-diagonals
+    diag_ratio = math.sqrt(2) * np.maximum(d1.max(1), d2.max(1)) / np.maximum(axis, 1e-6)
+    edge = comp[:, 0, :].any(1) | comp[:, -1, :].any(1) | comp[:, :, 0].any(1) | comp[:, :, -1].any(1)
+    near = np.zeros(f, bool)
+    if others is not None:
+        near = (ndimage.binary_dilation(region, structure=_IN_FRAME) & others).any((1, 2))
+    # mean alpha inside the shape (1 for the exact colour, < 1 for a washed-out one), to size it by area
+    level = np.clip((a * comp).sum((1, 2)) / np.maximum(comp.sum((1, 2)), 1), 0.5, 1.0)
+    return [dict(area=float(area[i]), level=float(level[i]), cx=float(cx[i]), cy=float(cy[i]), k3=float(k3[i]),
+                 k4_ratio=float(k4_ratio[i]), diag_ratio=float(diag_ratio[i]), touches_border=bool(edge[i]),
+                 touches_other=bool(near[i]))
+            if found[i] else None for i in range(f)]
 
 
 def classify_shape(frames: list[dict | None]) -> str | None:
@@ -157,12 +208,15 @@ def classify_shape(frames: list[dict | None]) -> str | None:
     if not found:
         return None
     big = max(f["area"] for f in found)
-    good = [f for f in found if not f["touches_border"] and f["area"] >= 0.5 * big] or found
-    skew = float(np.median([f["skew"] for f in good]))
-    if skew > THRESHOLDS["triangle_skew"]:
+    good = [f for f in found if not f["touches_border"] and not f.get("touches_other") and f["area"] >= 0.5 * big]
+    good = good or [f for f in found if not f.get("touches_other")] or found
+    third = float(np.median([f["k3"] for f in good]))
+    if third > THRESHOLDS["triangle_k3"]:
         return "triangle"
-    ratio = float(np.median([f["diag_ratio"] for f in good]))
-    return "square" if ratio > THRESHOLDS["square_diag_ratio"] else "circle"
+    diag = float(np.median([f["diag_ratio"] for f in good]))
+    k4 = float(np.median([f["k4_ratio"] for f in good]))
+    squareness = 0.5 * (diag - 1) / (math.sqrt(2) - 1) + 0.5 * (1 - k4) / 0.5
+    return "square" if squareness > THRESHOLDS["squareness"] else "circle"
 
 
 def _smooth(v: np.ndarray) -> np.ndarray:
@@ -176,8 +230,9 @@ def classify_motion(frames: list[dict | None], h: int, w: int) -> str | None:
     """One of :data:`data.MOTIONS` from per-frame centroids and areas (None if the shape is found in fewer
     than half the frames, or in fewer than 3)."""
     n = len(frames)
+    need = max(3, (n + 1) // 2)
     idx = [i for i, f in enumerate(frames) if f is not None]
-    if len(idx) < max(3, (n + 1) // 2):
+    if len(idx) < need:
         return None
     t = np.array(idx, np.float64) / max(n - 1, 1)
     x = np.array([frames[i]["cx"] for i in idx]) / w
@@ -209,20 +264,27 @@ def classify_motion(frames: list[dict | None], h: int, w: int) -> str | None:
 
 
 def _consistency(frames: list[dict | None], h: int, w: int) -> float:
+    """Fraction of consecutive frame pairs where the shape is in both, moves no more than
+    ``max(2.5 x typical step, 0.07 of the frame)`` and changes area by less than 1.5x. The typical step is
+    the median step of the track after a 5-frame moving average: the speed of a smooth track, but a fraction
+    of the jumps of a track that hops around (whose average stays put)."""
     n = len(frames)
     if n < 2:
         return float(frames[0] is not None) if frames else 0.0
-    pairs = [(a, b) for a, b in zip(frames[:-1], frames[1:])]
-    jumps = [math.hypot((b["cx"] - a["cx"]) / w, (b["cy"] - a["cy"]) / h) for a, b in pairs if a and b]
-    if not jumps:
+    found = [fr for fr in frames if fr is not None]
+    if len(found) < 2:
         return 0.0
-    limit = max(2.5 * float(np.median(jumps)), 0.05)
+    xy = np.array([[fr["cx"] / w, fr["cy"] / h] for fr in found])
+    k = min(5, len(xy))
+    avg = np.stack([np.convolve(xy[:, i], np.ones(k) / k, mode="valid") for i in (0, 1)], axis=1)
+    typical = float(np.median(np.hypot(*np.diff(avg, axis=0).T))) if len(avg) > 1 else 0.0
+    limit = max(2.5 * typical, THRESHOLDS["consistency_jump"])
     ok = 0
-    for a, b in pairs:
+    for a, b in zip(frames[:-1], frames[1:]):
         if a and b:
             jump = math.hypot((b["cx"] - a["cx"]) / w, (b["cy"] - a["cy"]) / h)
             r = b["area"] / max(a["area"], 1e-6)
-            ok += jump <= limit and 2 / 3 <= r <= 1.5
+            ok += jump <= limit and 1 / THRESHOLDS["consistency_area"] <= r <= THRESHOLDS["consistency_area"]
     return ok / (n - 1)
 
 
@@ -236,7 +298,7 @@ def analyse_clip(clip, num_objects: int = 1) -> dict:
     """
     v = _to_unit(clip)
     f, h, w, _ = v.shape
-    pix = v.reshape(f, h * w, 3)
+    pix = np.ascontiguousarray(v.reshape(f, h * w, 3).transpose(2, 0, 1))  # [3, F, N]
     bg = _fit_background(pix, h, w)
     alpha, sin = _colour_fields(pix, bg)
     lo, hi = THRESHOLDS["core_alpha"]
@@ -248,22 +310,28 @@ def analyse_clip(clip, num_objects: int = 1) -> dict:
     ranked = [c for c in sorted(_COLOUR_NAMES, key=lambda c: -support[c]) if support[c] >= min_support]
 
     level = float(bg.mean())
-    spread = float(np.mean(bg.max(axis=1) - bg.min(axis=1)))
+    spread = float(np.mean(bg.max(axis=2) - bg.min(axis=2)))
     if spread >= THRESHOLDS["gradient_range"]:
         background = "gradient"
     else:
         background = "dark" if level < THRESHOLDS["dark_light_level"] else "light"
 
     objects = []
-    for colour in ranked[:num_objects]:
+    tracked = ranked[:num_objects]
+    cores = {c: has & (best == _COLOUR_NAMES.index(c)) for c in tracked}
+    for colour in tracked:
         k = _COLOUR_NAMES.index(colour)
-        core = has & (best == k)
-        frames = _track(alpha[k], sin[k], core, h, w)
+        core = cores[colour]
+        others = None
+        if len(tracked) > 1:
+            others = np.any([cores[c] for c in tracked if c != colour], axis=0).reshape(f, h, w)
+        frames = _track(alpha[k], sin[k], core, h, w, others)
         shape = classify_shape(frames)
         found = [fr for fr in frames if fr is not None]
         radius = None
         if shape is not None:
-            radius = math.sqrt(float(np.median([fr["area"] for fr in found])) / _AREA_FACTOR[shape]) / min(h, w)
+            full_area = float(np.median([fr["area"] / fr["level"] for fr in found]))
+            radius = math.sqrt(full_area / data.AREA_FACTOR[shape]) / min(h, w)
         objects.append(dict(colour=colour, shape=shape, motion=classify_motion(frames, h, w), frames=frames,
                             found_fraction=len(found) / f, consistency=_consistency(frames, h, w), radius=radius))
     return dict(background=background, colour_support=support, objects=objects)

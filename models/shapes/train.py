@@ -80,10 +80,15 @@ class Batches:
         self._stop = True
 
 
-def _schedule(lr: float, warmup: int, steps: int):
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.cosine_decay_schedule(lr, max(steps - warmup, 1), alpha=0.05)],
-        [warmup])
+def learning_rate(lr: float, warmup: int, step: int, progress: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 5% over ``progress`` in [0, 1].
+
+    ``progress`` is the fraction of the step budget, or of the time budget with ``--time-limit``, so a
+    run that is stopped by its time limit still ends its decay.
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0))))
 
 
 def train(args) -> dict:
@@ -98,7 +103,7 @@ def train(args) -> dict:
     graphdef, params = nnx.split(model, nnx.Param)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(_schedule(args.lr, args.warmup, args.steps), b1=0.9, b2=0.99, weight_decay=0.01))
+                     optax.inject_hyperparams(optax.adamw)(learning_rate=args.lr, b1=0.9, b2=0.99, weight_decay=0.01))
     opt_state = tx.init(params)
     ema = jax.tree.map(jnp.copy, params)
 
@@ -117,7 +122,8 @@ def train(args) -> dict:
         return jnp.mean(jnp.square(v - (eps - x0)))
 
     @jax.jit
-    def train_step(params, opt_state, ema, clips, ids, key, step):
+    def train_step(params, opt_state, ema, clips, ids, key, step, lr):
+        opt_state[1].hyperparams["learning_rate"] = lr
         loss, grads = jax.value_and_grad(loss_fn)(params, clips, ids, key)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -131,12 +137,20 @@ def train(args) -> dict:
     t0 = time.time()
     losses = []
     step = 0
+    compile_s = 0.0
     try:
         for step in range(args.steps):
             clips, ids = batches.next()
             key, sub = jax.random.split(key)
-            params, opt_state, ema, loss, gn = train_step(params, opt_state, ema, clips, ids, sub, jnp.float32(step))
+            progress = (time.time() - t0) / args.time_limit if args.time_limit else step / max(args.steps - 1, 1)
+            lr = learning_rate(args.lr, args.warmup, step, progress)
+            params, opt_state, ema, loss, gn = train_step(params, opt_state, ema, clips, ids, sub, jnp.float32(step),
+                                                          jnp.float32(lr))
             losses.append(loss)
+            if step == 0:  # the first step compiles: the time budget starts after it
+                jax.block_until_ready(loss)
+                compile_s = time.time() - t0
+                t0 = time.time()
             if (step + 1) % args.log_every == 0 or step == 0:
                 vals = [float(x) for x in jax.device_get(losses)]
                 losses = []
@@ -144,8 +158,8 @@ def train(args) -> dict:
                 log["loss"].append(float(np.mean(vals)))
                 log["grad_norm"].append(float(gn))
                 log["time"].append(time.time() - t0)
-                print(f"step {step + 1:6d}  loss {np.mean(vals):.4f}  |g| {float(gn):.3f}  {time.time() - t0:7.1f}s",
-                      flush=True)
+                print(f"step {step + 1:6d}  loss {np.mean(vals):.4f}  |g| {float(gn):.3f}  lr {lr:.2e}  "
+                      f"{time.time() - t0:7.1f}s", flush=True)
             if args.time_limit and time.time() - t0 > args.time_limit:
                 print(f"time limit {args.time_limit}s reached at step {step + 1}", flush=True)
                 break
@@ -156,7 +170,7 @@ def train(args) -> dict:
 
     model_ema = nnx.merge(graphdef, ema, nnx.state(model, nnx.Not(nnx.Param)))
     info = {"steps": steps_done, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-            "final_loss": log["loss"][-1] if log["loss"] else None, "train_seconds": train_s, "params": n_params,
+            "final_loss": log["loss"][-1] if log["loss"] else None, "train_seconds": train_s, "compile_seconds": compile_s, "params": n_params,
             "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "command": args.command}
     save_model(model_ema, out / "weights.safetensors", info=info)
     _save_orbax(out / "ckpt", {"params": params, "ema": ema, "opt_state": opt_state}, steps_done)
@@ -246,7 +260,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)))
     p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--time-limit", type=float, default=0.0, help="stop training after this many seconds")
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="stop training after this many seconds (the learning-rate decay then follows time)")
     p.add_argument("--eval-prompts", type=int, default=128)
     p.add_argument("--eval-settings", type=_parse_settings, default=None,
                    help="'steps,guidance,shift;...' e.g. '20,4,2;20,5,3'")
