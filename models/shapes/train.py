@@ -2,8 +2,8 @@
 
     python -m jaxvdm.models.shapes.train --out runs/shapes --steps 6000 --batch-size 128
 
-Rectified-flow objective matching the Wan samplers: ``x_σ = (1-σ)·x0 + σ·ε`` with σ from a logit-normal
-distribution, the transformer (timestep ``1000·σ``) predicts the velocity ``ε - x0``. AdamW with warm-up
+Rectified-flow objective matching the Wan samplers: ``x_σ = (1-σ)·x0 + σ·ε`` with σ uniform and shifted like
+the samplers' schedules (``--sigma-shift``), the transformer (timestep ``1000·σ``) predicts the velocity ``ε - x0``. AdamW with warm-up
 and cosine decay, gradient clipping, caption dropout (the empty caption, i.e. all-zero text, is the
 unconditional prompt for guidance), EMA weights. Data are generated on the fly by
 :mod:`jaxvdm.models.shapes.data` in worker processes. Everything is reproducible from ``--seed``.
@@ -91,6 +91,14 @@ def learning_rate(lr: float, warmup: int, step: int, progress: float) -> float:
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0))))
 
 
+def sample_sigma(key, n: int, shift: float) -> jax.Array:
+    """Noise levels for training: ``u ~ U(0, 1)`` shifted like the samplers' schedules,
+    ``σ = s·u / (1 + (s-1)·u)``. With ``s > 1`` more of the batch sits at high noise, where a clip's
+    layout and motion are decided (a logit-normal σ almost never trains σ > 0.95)."""
+    u = jax.random.uniform(key, (n,), minval=1e-3, maxval=1.0)
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
 def train(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +120,7 @@ def train(args) -> dict:
         x0 = jnp.transpose(clips, (0, 4, 1, 2, 3))
         k1, k2, k3 = jax.random.split(key, 3)
         b = x0.shape[0]
-        sigma = jax.nn.sigmoid(jax.random.normal(k1, (b,)) * args.sigma_std + args.sigma_mean)
+        sigma = sample_sigma(k1, b, args.sigma_shift)
         eps = jax.random.normal(k2, x0.shape)
         s = sigma[:, None, None, None, None]
         xt = (1 - s) * x0 + s * eps
@@ -252,8 +260,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--sigma-mean", type=float, default=0.0)
-    p.add_argument("--sigma-std", type=float, default=1.0)
+    p.add_argument("--sigma-shift", type=float, default=3.0, help="shift of the training noise levels")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
