@@ -1,0 +1,62 @@
+"""The shipped shapes model as a :class:`jaxvdm.Pipeline` (the default model of :func:`jaxvdm.generate`).
+
+    video = jaxvdm.generate("a red circle moving left on a dark background")
+
+Text: captions are tokenized with the shapes grammar's word vocabulary (unknown words are an error that
+lists the vocabulary) and embedded by the shipped word encoder; the empty prompt is all zeros, the
+unconditional prompt the model was trained with. Decoding is the identity: the latent is the video.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["load_shapes_pipeline", "encode_captions"]
+
+
+def encode_captions(model, prompts: list[str]) -> jax.Array:
+    """``prompts`` -> ``[B, max_len, text_dim]`` float32 embeddings from the shapes model's word encoder.
+
+    Raises ValueError naming any word outside the vocabulary (and listing the vocabulary)."""
+    import numpy as np
+
+    from jaxvdm.models.shapes import data
+
+    max_len = int(model.text.position.shape[0])
+    rows = []
+    for p in prompts:
+        words = data._words(p)
+        unknown = sorted({w for w in words if w not in data.VOCAB or w.startswith("<")})
+        if unknown:
+            vocab = ", ".join(w for w in data.VOCAB if w not in ("<pad>", "<unk>"))
+            raise ValueError(f"prompt {p!r}: the shapes model does not know {unknown}; its words are: {vocab}")
+        if len(words) > max_len:
+            raise ValueError(f"prompt {p!r} has {len(words)} words; the shapes model takes at most {max_len}")
+        rows.append(data.tokenize(p, max_len))
+    return model.text(jnp.asarray(np.stack(rows), jnp.int32))
+
+
+def load_shapes_pipeline(path: str | os.PathLike | None = None):
+    """The shipped model (or retrained weights at ``path``) as a Pipeline with the preset's defaults."""
+    from jaxvdm.models.shapes.model import load_model, preset
+    from jaxvdm.pipeline import Pipeline
+
+    model = load_model(path)
+    p = preset()["pipeline"]
+    keys = ("num_frames", "height", "width", "steps", "guidance_scale", "flow_shift", "scheduler", "fps",
+            "negative_prompt", "dualparal_block_frames", "dualparal_context_frames")
+    defaults = {k: p[k] for k in keys if k in p}
+
+    def encode_text(prompts):
+        return encode_captions(model, list(prompts))
+
+    def decode(latents, mesh=None):
+        return jnp.clip(latents, -1.0, 1.0)
+
+    name = "shapes" if path is None else f"shapes ({Path(path).name})"
+    return Pipeline(name=name, transformer=model.transformer, encode_text=encode_text, decode=decode,
+                    vae_stride=tuple(p.get("vae_stride", (1, 1, 1))), defaults=defaults)
