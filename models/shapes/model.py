@@ -1,7 +1,7 @@
 """The shipped shapes model: a small Wan DiT in pixel space with a word-level text encoder.
 
 * Transformer: the Wan DiT (``jaxvdm.models.wan.transformer``) with the ``shapes`` preset
-  (``configs/shapes.toml``): 16 frames of 32x32 RGB, patch 1x4x4, 8 layers, 4 heads of 32.
+  (``configs/shapes.toml``): 16 frames of 32x32 RGB, patch 1x4x4, 8 layers, 3 heads of 64.
 * Text encoder: a word embedding table plus learned positions over the caption grammar's vocabulary
   (``jaxvdm.models.shapes.data``). Padding tokens give zero vectors, so the empty prompt is all zeros,
   like Wan's zero-padded UMT5 states.

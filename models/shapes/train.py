@@ -16,6 +16,7 @@ Writes into ``--out``: orbax checkpoints (``ckpt/``), ``loss.png``, ``train_log.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import multiprocessing as mp
@@ -55,23 +56,28 @@ class Batches:
         self._thread = threading.Thread(target=self._fill, daemon=True)
         self._thread.start()
 
-    def _seeds(self):
-        i = 0
-        while not self._stop:
-            yield (self.seed * 1_000_003 + i, self.batch, self.frames, self.size)
-            i += 1
+    def _args(self, i: int):
+        return (self.seed * 1_000_003 + i, self.batch, self.frames, self.size)
 
     def _fill(self):
+        # At most ``workers + prefetch`` batches exist at once: a task is submitted only when a finished
+        # batch goes into the (bounded) queue, so fast workers never pile up results in memory.
         if self.workers > 1:
             ctx = mp.get_context("spawn")
             with ctx.Pool(self.workers) as pool:
-                for item in pool.imap(_batch_worker, self._seeds(), chunksize=1):
-                    if self._stop:
-                        break
+                pending = collections.deque(pool.apply_async(_batch_worker, (self._args(i),))
+                                            for i in range(self.workers))
+                i = self.workers
+                while not self._stop:
+                    item = pending.popleft().get()
                     self.q.put(item)
+                    pending.append(pool.apply_async(_batch_worker, (self._args(i),)))
+                    i += 1
         else:
-            for args in self._seeds():
-                self.q.put(_batch_worker(args))
+            i = 0
+            while not self._stop:
+                self.q.put(_batch_worker(self._args(i)))
+                i += 1
 
     def next(self):
         return self.q.get()
