@@ -55,6 +55,29 @@ def _scheduler_defaults(path: Path) -> dict:
     return out
 
 
+def _component(root: Path, name: str, load):
+    """``load(root / name)``, with a CheckpointError's message extended by what to do about it.
+
+    The component loaders name the file and every bad tensor; this adds which component failed and the
+    fix: a truncated or corrupt file is re-downloaded, weights that do not fit their ``config.json`` come
+    from a different checkpoint than the config.
+    """
+    folder = root / name
+    try:
+        return load(folder)
+    except CheckpointError as e:
+        msg = str(e)
+        if "truncated" in msg or "corrupt" in msg:
+            fix = (f"the file is incomplete or damaged (an interrupted download or copy?): download or copy "
+                   f"{name}/ again")
+        elif "does not match the model" in msg:
+            fix = (f"the weights in {name}/ do not fit {name}/config.json: take both from the same checkpoint "
+                   f"(download {name}/ again)")
+        else:
+            fix = f"{name}/ must come from the same diffusers Wan2.1 T2V checkpoint as the other components"
+        raise CheckpointError(f"{msg}\n  while loading the {name!r} component of {root}: {fix}") from e
+
+
 def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dtype=None, vae_dtype=None,
                   vae_split: str = "width"):
     """Loads a diffusers-format Wan2.1 T2V folder as a :class:`jaxvdm.Pipeline`.
@@ -80,15 +103,16 @@ def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dt
     missing = [c for c in COMPONENTS if not (root / c).is_dir()]
     if missing:
         raise CheckpointError(f"{root}: missing component folder(s) {missing}; a Wan2.1 diffusers folder has "
-                              f"{list(COMPONENTS)} beside model_index.json")
+                              f"{list(COMPONENTS)} beside model_index.json: copy or download the missing folder(s) "
+                              f"from the same checkpoint (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
     cls = index.get("_class_name")
     if cls not in (None, "WanPipeline"):
         raise CheckpointError(f"{root}: model_index.json describes {cls!r}; only WanPipeline (text-to-video) is supported")
-    transformer = load_transformer(root / "transformer", dtype=dtype)
-    encoder = load_text_encoder(root / "text_encoder", dtype=text_encoder_dtype or dtype)
-    tokenizer = load_tokenizer(root / "tokenizer")
-    vae = load_vae(root / "vae", dtype=vae_dtype or dtype)
-    defaults = {**_defaults_for(transformer.config), **_scheduler_defaults(root / "scheduler")}
+    transformer = _component(root, "transformer", lambda p: load_transformer(p, dtype=dtype))
+    encoder = _component(root, "text_encoder", lambda p: load_text_encoder(p, dtype=text_encoder_dtype or dtype))
+    tokenizer = _component(root, "tokenizer", load_tokenizer)
+    vae = _component(root, "vae", lambda p: load_vae(p, dtype=vae_dtype or dtype))
+    defaults = {**_defaults_for(transformer.config), **_component(root, "scheduler", _scheduler_defaults)}
     max_len = int(defaults.get("max_text_len", 512))
 
     def encode_text(prompts):

@@ -1,0 +1,208 @@
+"""End to end: a tiny random-weight diffusers Wan2.1 T2V folder gives the same video in jaxvdm as in diffusers.
+
+One tiny ``WanPipeline`` (UMT5 encoder, sentencepiece tokenizer trained here, DiT, VAE, Wan's UniPC
+scheduler) is built with random weights and saved with ``save_pretrained``; nothing is downloaded.
+``jaxvdm.models.wan.pipeline.load_pipeline`` loads that folder and ``jaxvdm.generate`` runs it from the
+same initial noise as diffusers' ``WanPipeline.__call__`` (float32, CPU). The prompt embeddings, the
+final latents and the decoded uint8 frames are compared. The loader's errors for a broken folder are
+checked on copies of the same folder.
+"""
+
+import shutil
+import types
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import rel_err
+
+import jaxvdm
+from jaxvdm.models.checkpoint import CheckpointError, read_safetensors, write_safetensors
+from jaxvdm.models.wan.pipeline import load_pipeline
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+spm = pytest.importorskip("sentencepiece")
+
+UMT5 = dict(vocab_size=300, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
+            relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.0)
+DIT = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
+           text_dim=UMT5["d_model"], freq_dim=32, ffn_dim=48, num_layers=2, rope_max_seq_len=64)
+FLOW_SHIFT = 5.0  # not the 3.0 default: the loader must read it from scheduler/
+FRAMES, HEIGHT, WIDTH, STEPS, GUIDANCE = 9, 32, 32, 4, 5.0
+LATENT = (1, 16, 3, 4, 4)  # 9 frames -> 1 + 8/4 latent frames; 32 px / 8
+PROMPT = "A red fox jumps over the lazy brown dog in the snow."
+NEGATIVE = "Bright tones, overexposed, static, blurred details, subtitles."
+SENTENCES = [
+    "A cat and a dog baking a cake together in a kitchen.",
+    "The cat is carefully measuring flour, while the dog is stirring the batter.",
+    NEGATIVE,
+    PROMPT,
+    "Hello world, this is a tiny tokenizer.",
+]
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def _randomise(module, seed, *, gamma_names=(), scale=0.2):
+    """Perturbs every tensor so norm scales, biases and tables are not trivially 1/0 (a mis-mapped one
+    would then go unnoticed)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if any(name.endswith(s) for s in gamma_names):
+                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+            else:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    """The tiny diffusers WanPipeline, its folder, and the initial noise."""
+    root = tmp_path_factory.mktemp("wan_t2v")
+    torch.manual_seed(0)
+
+    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(**UMT5)).eval()
+    with torch.no_grad():
+        for name, p in text_encoder.named_parameters():
+            if "layer_norm" in name:
+                p.uniform_(0.5, 1.5)
+    sp_dir = root / "sp"
+    sp_dir.mkdir()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES * 4), model_prefix=str(sp_dir / "spiece"), vocab_size=64,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, minloglevel=2,
+    )
+    tokenizer = transformers.T5Tokenizer.from_pretrained(str(sp_dir), local_files_only=True)
+
+    transformer = diffusers.WanTransformer3DModel(**DIT).eval()
+    _randomise(transformer, 1)
+    vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                                     temperal_downsample=[False, True, True]).eval()
+    _randomise(vae, 2, gamma_names=("gamma",), scale=0.1)
+    scheduler = diffusers.UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=FLOW_SHIFT,
+        solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True, final_sigmas_type="zero")
+    pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
+                                 scheduler=scheduler)
+    folder = root / "Wan2.1-T2V-tiny-Diffusers"
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+    noise = torch.randn(LATENT, generator=torch.Generator().manual_seed(3))
+    return types.SimpleNamespace(pipe=pipe, folder=folder, noise=noise)
+
+
+@pytest.fixture(scope="module")
+def ours(ref):
+    return load_pipeline(ref.folder, dtype=jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def theirs(ref, ours):
+    """diffusers' video (float [F, H, W, 3] in [0, 1]) and final latents, at jaxvdm's text length."""
+    captured = {}
+
+    def keep_last(pipe, i, t, kw):
+        if i == STEPS - 1:
+            captured["latents"] = kw["latents"].clone()
+        return {}
+
+    with torch.no_grad():
+        frames = ref.pipe(
+            prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=FRAMES, height=HEIGHT, width=WIDTH,
+            num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=ref.noise.clone(), output_type="np",
+            max_sequence_length=ours.defaults["max_text_len"], callback_on_step_end=keep_last,
+            callback_on_step_end_tensor_inputs=["latents"], return_dict=False,
+        )[0]
+    return types.SimpleNamespace(frames=np.asarray(frames)[0], latents=captured["latents"].numpy())
+
+
+def test_prompt_embeddings_match_diffusers(ref, ours):
+    max_len = ours.defaults["max_text_len"]
+    assert max_len == 512  # WanPipeline's default max_sequence_length
+    with torch.no_grad():
+        cond, uncond = ref.pipe.encode_prompt(PROMPT, NEGATIVE, do_classifier_free_guidance=True,
+                                              max_sequence_length=max_len, device=torch.device("cpu"))
+    want = torch.cat([cond, uncond]).numpy()
+    got = np.asarray(ours.encode_text([PROMPT, NEGATIVE]))
+    assert got.shape == want.shape == (2, max_len, UMT5["d_model"])
+    assert rel_err(got, want) <= 1e-5
+    # both prompts are real text (not padding only) and differ: a swapped or dropped prompt would fail
+    assert rel_err(got[0], got[1]) > 0.1
+    n = int(np.sum(np.any(want[0] != 0, axis=-1)))
+    assert 1 < n < max_len and np.all(got[0, n:] == 0)
+
+
+def test_generate_matches_wan_pipeline(ref, ours, theirs):
+    video = jaxvdm.generate(PROMPT, model=ours, num_frames=FRAMES, height=HEIGHT, width=WIDTH, steps=STEPS,
+                            guidance_scale=GUIDANCE, negative_prompt=NEGATIVE, latents=ref.noise.numpy())
+    assert ours.defaults["scheduler"] == "unipc" and ours.defaults["flow_shift"] == FLOW_SHIFT
+    assert video.settings["scheduler"] == "unipc" and video.settings["shift"] == FLOW_SHIFT
+
+    # final latents (before denormalisation and decoding)
+    assert video.latents.shape == theirs.latents.shape == LATENT
+    err = rel_err(video.latents, theirs.latents)
+    assert err <= 1e-4, err  # measured ~2e-5 (float32, 8 DiT calls with guidance 5)
+    assert rel_err(theirs.latents, ref.noise.numpy()) > 0.1  # the sampler moved away from the noise
+
+    # decoded frames: diffusers gives float [0, 1]; both sides are quantised as round(255 * x)
+    assert theirs.frames.shape == video.frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    want = np.clip(np.rint(theirs.frames.astype(np.float64) * 255.0), 0, 255).astype(np.int16)
+    got = video.frames.astype(np.int16)
+    assert video.frames.dtype == np.uint8
+    # a frame that is mostly clipped to black/white would hide differences
+    assert np.mean((want > 0) & (want < 255)) > 0.5
+    assert np.std(want) > 10
+    diff = np.abs(got - want)
+    # float32 differences of ~1e-5 can move a value across a rounding boundary: one level, and rarely
+    assert diff.max() <= 1, diff.max()
+    assert np.mean(diff == 0) >= 0.99, np.mean(diff == 0)
+
+
+# ----------------------------------------------------------------------------- loader errors
+
+
+def _copy(ref, dst, skip=()):
+    shutil.copytree(ref.folder, dst, ignore=lambda d, names: [n for n in names if n in skip])
+    return dst
+
+
+def test_missing_component_folder(ref, tmp_path):
+    folder = _copy(ref, tmp_path / "no_vae", skip=("vae",))
+    with pytest.raises(CheckpointError) as err:
+        load_pipeline(folder)
+    msg = str(err.value)
+    assert isinstance(err.value, ValueError)
+    assert str(folder) in msg and "['vae']" in msg  # what is missing, where
+    assert "copy or download the missing folder" in msg  # what to do
+
+
+def test_misshaped_transformer_tensor(ref, tmp_path):
+    folder = _copy(ref, tmp_path / "misshaped")
+    path = folder / "transformer" / WEIGHTS
+    sd = {k: np.array(v) for k, v in read_safetensors(path).items()}
+    name = "blocks.1.ffn.net.0.proj.weight"
+    assert sd[name].shape == (DIT["ffn_dim"], DIT["num_attention_heads"] * DIT["attention_head_dim"]) == (48, 32)
+    sd[name] = np.ascontiguousarray(sd[name].T)
+    write_safetensors(path, sd)
+    with pytest.raises(CheckpointError) as err:
+        load_pipeline(folder)
+    msg = str(err.value)
+    assert str(folder / "transformer") in msg and "'transformer' component" in msg
+    assert f"{name}: checkpoint (32, 48) vs model (48, 32)" in msg and "mis-shaped 1 tensor(s)" in msg
+    assert "missing" not in msg and "unexpected" not in msg  # only the one tensor is reported
+    assert "do not fit transformer/config.json" in msg and "same checkpoint" in msg
+
+
+@pytest.mark.parametrize("component,file", [("transformer", WEIGHTS), ("vae", WEIGHTS),
+                                            ("text_encoder", "model.safetensors")])
+def test_truncated_safetensors(ref, tmp_path, component, file):
+    folder = _copy(ref, tmp_path / "truncated")
+    path = folder / component / file
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as err:
+        load_pipeline(folder)
+    msg = str(err.value)
+    assert str(path) in msg and "truncated file" in msg  # which file
+    assert f"{component!r} component" in msg and f"download or copy {component}/ again" in msg  # what to do
