@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["main"]
@@ -91,6 +92,11 @@ def _check_output(path: str, overwrite: bool) -> Path:
         raise CLIError(f"output {path!r}: directory {str(parent)!r} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise CLIError(f"output {path!r}: directory {str(parent)!r} is not writable")
+    try:  # os.access trusts permission bits (always true for root): try it, as the save will
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise CLIError(f"output {path!r}: cannot write in directory {str(parent)!r} ({e.strerror or e})") from None
     if out.is_dir():
         raise CLIError(f"output {path!r} is a directory; give a file name such as {path.rstrip('/')}/out.mp4")
     if out.exists() and not overwrite:
@@ -98,17 +104,43 @@ def _check_output(path: str, overwrite: bool) -> Path:
     return out
 
 
+def _jax_backends_started() -> bool:
+    """Whether JAX has created its devices (after which the CPU device count is fixed)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # private API moved: assume started, the safe answer
+        return True
+
+
 def _set_cpu_devices(n: int | None) -> None:
+    """Simulates ``n`` CPU devices. Works until JAX creates its devices (importing jax is fine: the
+    parser imports it); afterwards (main called again in one process) JAX must already have at least
+    ``n`` CPU devices."""
     if n is None:
         return
     if n < 1:
         raise CLIError(f"--cpu-devices must be at least 1, got {n}")
-    if "jax" in sys.modules:
-        return  # too late to change the device count (only when called in-process after jax started)
+    if _jax_backends_started():
+        import jax
+
+        have = jax.devices()
+        if jax.default_backend() != "cpu" or len(have) < n:
+            raise CLIError(f"--cpu-devices {n} cannot take effect: JAX already started with {len(have)} "
+                           f"{jax.default_backend()} device(s) in this process; run the command in a new process")
+        return
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     flags.append(f"--xla_force_host_platform_device_count={n}")
     os.environ["XLA_FLAGS"] = " ".join(flags)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if not os.environ.get("JAX_PLATFORMS"):
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        if "jax" in sys.modules:  # jax read JAX_PLATFORMS when imported: tell its config directly
+            import jax
+
+            jax.config.update("jax_platforms", "cpu")
 
 
 def _mesh(spec: str | None):
@@ -143,7 +175,7 @@ def _generate(args, opt_names) -> int:
                   profile_dir=args.profile_dir, dump_hlo=args.dump_hlo, **options)
     _validate_before_compute(kwargs)
     video = jaxvdm.generate(args.prompt, **kwargs)
-    video.save(out)
+    video.save(out, overwrite=args.overwrite)  # re-checked: a file may have appeared while generating
     s = video.settings
     t = s["timings"]
     print(f"wrote {out} ({video.frames.shape[0]} frames, {video.frames.shape[2]}x{video.frames.shape[1]}, {video.fps} fps)")
@@ -161,7 +193,7 @@ def _validate_before_compute(kwargs) -> None:
 
     pipe = get_pipeline(kwargs["model"])
     d = pipe.defaults
-    pipe.latent_shape(kwargs["num_frames"] or d["num_frames"], kwargs["height"] or d["height"], kwargs["width"] or d["width"])
+    pipe.latent_shape(*(d[k] if kwargs[k] is None else kwargs[k] for k in ("num_frames", "height", "width")))
     known = {o for s in STRATEGIES.values() for o in s.options}
     resolve(kwargs["strategy"], kwargs["mesh"], {k: v for k, v in kwargs.items() if k in known})
     steps = kwargs["steps"]
@@ -204,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"jaxvdm: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, TypeError, OSError) as e:  # OSError: e.g. a permission or disk error while saving
         msg = "; ".join(line.strip() for line in str(e).splitlines()) or type(e).__name__
         print(f"jaxvdm: error: {msg}", file=sys.stderr)
         return 2

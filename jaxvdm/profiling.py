@@ -1,7 +1,8 @@
 """Profiling and compilation: traces, optimised-HLO dumps, their summary, and the persistent compilation cache.
 
 * :func:`maybe_trace` records a ``jax.profiler`` trace (``.xplane.pb`` for TensorBoard's profile plugin /
-  XProf, and ``.trace.json.gz`` for Perfetto) of the denoising loop.
+  XProf, and ``.trace.json.gz`` for Perfetto) of the denoising loop (JAX's Python tracer only with
+  ``JAXVDM_PROFILE_PYTHON=1``).
 * Every step function jaxvdm compiles ahead of time is reported to :func:`record_compiled`; inside
   :func:`dump_hlo_to` its optimised HLO is written as ``<dir>/<name>.hlo.txt``. A profile directory
   always gets them (``<profile_dir>/hlo``), because that is where the named scopes live: the code marks
@@ -10,10 +11,12 @@
   instruction's ``op_name``, and :func:`summarize` maps the trace's per-op device times back to them.
 * :func:`summarize` (``jaxvdm profile DIR``) prints time per phase and per op category from a trace,
   and the collectives with their bytes from the HLO.
-* :func:`enable_compilation_cache` turns on JAX's persistent compilation cache in a user cache folder
-  (``$JAXVDM_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxvdm/xla`` or ``~/.cache/jaxvdm/xla``);
-  ``JAXVDM_COMPILATION_CACHE=0`` turns it off. A second run then loads its executables instead of
-  compiling them.
+* :func:`enable_compilation_cache` (called by every :func:`jaxvdm.generate`) turns on JAX's persistent
+  compilation cache in a user cache folder (``$JAXVDM_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxvdm/xla`` or
+  ``~/.cache/jaxvdm/xla``), caching every executable that took at least 0.2 s to compile. A second run
+  (a new process) then loads its executables instead of compiling them: the ``compile_s`` timing drops.
+  ``JAXVDM_COMPILATION_CACHE=0`` (or ``false``/``off``/``no``) turns it off. See its docstring for how a
+  cache configured in JAX itself is respected.
 """
 
 from __future__ import annotations
@@ -49,14 +52,27 @@ def cache_dir() -> Path:
     return Path(base) / "jaxvdm" / "xla"
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
-    """Turns on the persistent compilation cache (once per process); returns its folder, or None if off.
+_OFF = ("0", "false", "off", "no")
 
-    Respects a cache folder the user already configured in JAX, and ``JAXVDM_COMPILATION_CACHE=0``.
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """Turns on JAX's persistent compilation cache (once per process); returns its folder, or None if off.
+
+    * ``JAXVDM_COMPILATION_CACHE=0`` (also ``false``, ``off``, ``no``): jaxvdm leaves the cache off (JAX's
+      default) and returns None. A cache configured in JAX itself (``JAX_COMPILATION_CACHE_DIR``) is JAX's
+      business and stays as configured.
+    * A cache folder already configured in JAX (``JAX_COMPILATION_CACHE_DIR`` or
+      ``jax.config.update("jax_compilation_cache_dir", ...)``) is used as is, with JAX's thresholds.
+    * Otherwise the folder is ``path``, else ``$JAXVDM_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxvdm/xla`` or
+      ``~/.cache/jaxvdm/xla`` (created; a folder that cannot be created leaves the cache off). Executables
+      that took at least 0.2 s to compile are cached, of any size; ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``
+      and ``JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES``, when set, are respected instead.
+
+    The environment is read on the first call; later calls return the same answer (unless ``path`` is given).
     """
     if _cache_state["enabled"] is not None and path is None:
         return _cache_state["enabled"] or None
-    if os.environ.get("JAXVDM_COMPILATION_CACHE", "1") == "0":
+    if os.environ.get("JAXVDM_COMPILATION_CACHE", "1").strip().lower() in _OFF:
         _cache_state["enabled"] = False
         return None
     current = jax.config.jax_compilation_cache_dir
@@ -69,11 +85,24 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     except OSError:
         _cache_state["enabled"] = False
         return None
+    if current and Path(current) != folder:
+        _reset_jax_cache()  # JAX opens its cache folder once; make it open the new one
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    if "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _cache_state["enabled"] = folder
     return folder
+
+
+def _reset_jax_cache() -> None:
+    try:
+        from jax._src import compilation_cache
+
+        compilation_cache.reset_cache()
+    except (ImportError, AttributeError):  # private API: without it the first folder stays in use
+        pass
 
 
 # ------------------------------------------------------------------------------------------ traces and HLO
@@ -109,17 +138,38 @@ def record_compiled(name: str, compiled) -> None:
     target.write_text(text)
 
 
+def _profiler_options():
+    """JAX's profiler options with the Python tracer off unless ``JAXVDM_PROFILE_PYTHON=1`` (None: JAX's
+    defaults, where this JAX has no options object)."""
+    try:
+        options = jax.profiler.ProfileOptions()
+        python = os.environ.get("JAXVDM_PROFILE_PYTHON", "0").strip().lower() not in _OFF
+        options.python_tracer_level = 1 if python else 0
+    except (AttributeError, TypeError):
+        return None
+    return options
+
+
 @contextlib.contextmanager
 def maybe_trace(profile_dir: str | os.PathLike | None, dump_hlo: str | os.PathLike | None = None):
     """Records a ``jax.profiler`` trace into ``profile_dir`` (no-op for None) and dumps the HLO of the
-    steps compiled meanwhile into ``dump_hlo`` (default ``<profile_dir>/hlo`` when profiling)."""
+    steps compiled meanwhile into ``dump_hlo`` (default ``<profile_dir>/hlo`` when profiling).
+
+    The trace holds the device and XLA host events (what :func:`summarize` reads). JAX's Python tracer
+    is off: it records every Python call, tracing and compiling included (half a million events for the
+    shapes model, a trace several times larger and slower to write and read); ``JAXVDM_PROFILE_PYTHON=1``
+    turns it on."""
     hlo = dump_hlo if dump_hlo is not None else (Path(profile_dir) / "hlo" if profile_dir is not None else None)
     with dump_hlo_to(hlo):
         if profile_dir is None:
             yield
             return
         os.makedirs(profile_dir, exist_ok=True)
-        jax.profiler.start_trace(str(profile_dir), create_perfetto_trace=True)
+        options = _profiler_options()
+        try:
+            jax.profiler.start_trace(str(profile_dir), create_perfetto_trace=True, profiler_options=options)
+        except TypeError:  # a JAX without profiler options
+            jax.profiler.start_trace(str(profile_dir), create_perfetto_trace=True)
         try:
             yield
         finally:
@@ -169,6 +219,8 @@ def _trace_events(directory: Path):
     events = []
     for plane in data.planes:
         for line in plane.lines:
+            if line.name == "python":  # the Python tracer's calls (JAXVDM_PROFILE_PYTHON=1): never an XLA op
+                continue
             for ev in line.events:
                 stats = dict(ev.stats)
                 op = stats.get("hlo_op")

@@ -90,13 +90,15 @@ class Denoiser:
         return self._steps[key]
 
     def compiled_step(self, scheduler, lp: LPWindow | None, args) -> Callable:
-        """The step for ``args`` compiled ahead of time (cached), so compile time is measured apart."""
+        """The step for ``args`` compiled ahead of time (cached), so compile time is measured apart.
+
+        Every call reports the executable to :func:`~jaxvdm.profiling.record_compiled`, also when it
+        comes from this cache, so an HLO dump or profile directory gets the step of every run."""
         key = ("compiled", scheduler, None if lp is None else lp.key(), jax.tree.map(lambda a: (a.shape, a.dtype), args[1:]))
         if key not in self._steps:
-            compiled = self.step_fn(scheduler, lp).lower(*args).compile()
-            record_compiled(f"step_{self.plan.describe()}" + ("" if lp is None else f"_lp_axis{lp.axis}_len{lp.length}"),
-                            compiled)
-            self._steps[key] = compiled
+            self._steps[key] = self.step_fn(scheduler, lp).lower(*args).compile()
+        record_compiled(f"step_{self.plan.describe()}" + ("" if lp is None else f"_lp_axis{lp.axis}_len{lp.length}"),
+                        self._steps[key])
         return self._steps[key]
 
     def place(self, tree):

@@ -47,6 +47,24 @@ def _json_default(o):
     return str(o)
 
 
+def _exists_message(path: Path) -> str:
+    return f"cannot save {str(path)!r}: the file exists; pass overwrite=True to replace it"
+
+
+def _move_no_clobber(tmp: str, path: Path) -> None:
+    """Moves ``tmp`` to ``path`` unless something is there (atomically where hard links work)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(_exists_message(path)) from None
+    except OSError:  # no hard links on this file system: check, then rename (a small window remains)
+        if os.path.lexists(path):
+            raise FileExistsError(_exists_message(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -157,12 +175,17 @@ class Video:
 
     # ------------------------------------------------------------------ saving
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
         """Writes the video; the format follows the suffix (``.mp4``, ``.gif``, ``.npz``; see the module
         docstring). Atomic: a failure leaves no file (and an existing target untouched). Returns the path.
 
+        ``overwrite=False`` refuses to replace an existing file (FileExistsError, checked before encoding
+        and again, atomically, when the finished file is put in place: a file that appears meanwhile is
+        kept and the new video discarded).
+
         Raises ValueError for an unknown suffix or (mp4/gif) a video without frames, FileNotFoundError when
-        the directory does not exist, IsADirectoryError when ``path`` is a directory.
+        the directory does not exist, IsADirectoryError when ``path`` is a directory, FileExistsError (see
+        ``overwrite``).
         """
         path = Path(path)
         suffix = path.suffix.lower()
@@ -180,12 +203,17 @@ class Video:
         if path.is_dir():
             raise IsADirectoryError(f"cannot save {str(path)!r}: it is a directory; give a file name such as "
                                     f"{str(path / ('video' + suffix))!r}")
+        if not overwrite and os.path.lexists(path):
+            raise FileExistsError(_exists_message(path))
         fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
         os.close(fd)
         try:
             writers[suffix](tmp)
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
-            os.replace(tmp, path)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _move_no_clobber(tmp, path)
         except BaseException:
             try:
                 os.unlink(tmp)
