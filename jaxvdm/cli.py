@@ -48,6 +48,25 @@ def _add_mesh_args(p: argparse.ArgumentParser) -> None:
                    help="simulate this many CPU devices (to try multi-device strategies without accelerators)")
 
 
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("multi-process runs (run the same command on every host; only process 0 writes)")
+    d.add_argument("--coordinator", default=None,
+                   help="host:port of process 0, the same on every process (default $JAXVDM_COORDINATOR); "
+                        "give all three of these or none (one process)")
+    d.add_argument("--num-processes", type=int, default=None, help="process count (default $JAXVDM_NUM_PROCESSES)")
+    d.add_argument("--process-id", type=int, default=None, help="this process's index (default $JAXVDM_PROCESS_ID)")
+
+
+def _init_distributed(args) -> None:
+    """Joins a multi-process run when any of the three flags or JAXVDM_* variables is given."""
+    from jaxvdm.sharding.distributed import ENV_VARS, initialize_distributed
+
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if all(v is None for v in flags) and not any(os.environ.get(v) for v in ENV_VARS.values()):
+        return
+    initialize_distributed(*flags)
+
+
 def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     parser = argparse.ArgumentParser(prog="jaxvdm", description="Video diffusion transformers in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +90,7 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     g.add_argument("--dump-hlo", help="write the optimised HLO of every compiled step here")
     g.add_argument("--no-progress", action="store_true")
     _add_mesh_args(g)
+    _add_distributed_args(g)
     opts = _strategy_option_flags(g)
 
     c = sub.add_parser("convert", help="convert a Wan transformer checkpoint to an orbax folder")
@@ -164,6 +184,7 @@ def _mesh(spec: str | None):
 def _generate(args, opt_names) -> int:
     out = _check_output(args.output, args.overwrite)
     _set_cpu_devices(args.cpu_devices)
+    _init_distributed(args)
     import jaxvdm
 
     mesh = _mesh(args.mesh)
@@ -176,6 +197,8 @@ def _generate(args, opt_names) -> int:
     _validate_before_compute(kwargs)
     video = jaxvdm.generate(args.prompt, **kwargs)
     video.save(out, overwrite=args.overwrite)  # re-checked: a file may have appeared while generating
+    if not jaxvdm.sharding.is_main_process():
+        return 0  # process 0 writes and reports
     s = video.settings
     t = s["timings"]
     print(f"wrote {out} ({video.frames.shape[0]} frames, {video.frames.shape[2]}x{video.frames.shape[1]}, {video.fps} fps)")

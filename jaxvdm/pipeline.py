@@ -33,7 +33,7 @@ from jaxvdm.models.wan.transformer import WanTransformer
 from jaxvdm.schedulers import make_scheduler
 from jaxvdm.sharding.registry import Plan, resolve
 
-__all__ = ["Pipeline", "generate", "get_pipeline", "SizeError", "DEFAULT_MODEL"]
+__all__ = ["Pipeline", "generate", "get_pipeline", "seed_key", "SizeError", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "shapes"
 
@@ -126,6 +126,10 @@ def _load_cached(key: str) -> Pipeline:
 
         return load_shapes_pipeline()
     path = Path(key)
+    if path.is_file() and path.suffix == ".safetensors":  # retrained shapes weights (one file)
+        from jaxvdm.models.shapes.pipeline import load_shapes_pipeline
+
+        return load_shapes_pipeline(path)
     if path.exists():
         from jaxvdm.models.wan.pipeline import load_pipeline
 
@@ -138,11 +142,13 @@ def _load_cached(key: str) -> Pipeline:
             f"(model='path/to/Wan2.1-T2V-...-Diffusers'), or use jaxvdm.models.wan.random_pipeline({key!r}) for "
             "random weights (benchmarks)"
         )
-    raise ValueError(f"model {key!r} is neither {DEFAULT_MODEL!r}, a preset, nor an existing checkpoint folder")
+    raise ValueError(f"model {key!r} is neither {DEFAULT_MODEL!r}, a preset, a shapes weights file (.safetensors) nor "
+                     "an existing checkpoint folder")
 
 
 def get_pipeline(model: str | os.PathLike | Pipeline | None) -> Pipeline:
-    """Resolves ``model``: None (the shipped model), a checkpoint folder, or a Pipeline (returned as is)."""
+    """Resolves ``model``: None (the shipped model), a Wan checkpoint folder, a shapes model weights file
+    (``.safetensors``, as ``python -m jaxvdm.models.shapes.train`` writes), or a Pipeline (returned as is)."""
     if isinstance(model, Pipeline):
         return model
     return _load_cached(str(model) if model is not None else DEFAULT_MODEL)
@@ -192,13 +198,16 @@ def generate(
 
     Args:
       prompt: the text (an empty string is a valid unconditional prompt).
-      model: None for the shipped model; a diffusers Wan checkpoint folder; or a :class:`Pipeline`.
+      model: None for the shipped model; a diffusers Wan checkpoint folder; a retrained shapes weights file
+        (``.safetensors``); or a :class:`Pipeline`.
       mesh: a ``jax.sharding.Mesh`` whose axes the strategy uses (None: one device).
       strategy: a strategy name or composition, e.g. ``"lp"``, ``"cfg+ulysses"`` (see
         ``jaxvdm.sharding.available_strategies()``).
       num_frames, height, width, steps, guidance_scale, negative_prompt, scheduler ("unipc"/"euler"),
         shift: default to the model's preset.
-      seed: the initial noise is ``jax.random.normal(PRNGKey(seed), latent_shape)``, the same on every mesh.
+      seed: an integer in the signed 64-bit range; the initial noise is
+        ``jax.random.normal(seed_key(seed), latent_shape)`` (``PRNGKey(seed)`` as 64-bit JAX builds it), the
+        same on every mesh and every process.
       latents: initial noise ``[1, C, T', H', W']`` instead of ``seed`` (to compare across frameworks).
       prompt_embeds, negative_prompt_embeds: ``[1, L, text_dim]`` text embeddings instead of encoding.
       decode: False returns the video without decoding (``Video.frames`` empty, latents set).
@@ -217,21 +226,28 @@ def generate(
 
     enable_compilation_cache()
     t_start = time.perf_counter()
-    pipe = get_pipeline(model)
-    d = pipe.defaults
-    num_frames = int(d["num_frames"] if num_frames is None else num_frames)
-    height = int(d["height"] if height is None else height)
-    width = int(d["width"] if width is None else width)
-    steps = int(d["steps"] if steps is None else steps)
-    guidance_scale = float(d["guidance_scale"] if guidance_scale is None else guidance_scale)
-    negative_prompt = d.get("negative_prompt", "") if negative_prompt is None else negative_prompt
-    scheduler_name = scheduler or d.get("scheduler", "unipc")
-    shift = float(d["flow_shift"] if shift is None else shift)
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    shape = pipe.latent_shape(num_frames, height, width)
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise TypeError(f"negative_prompt must be a string (or None for the model's default), "
+                        f"got {type(negative_prompt).__name__}")
+    pipe = get_pipeline(model)
+    d = pipe.defaults
+    num_frames = d["num_frames"] if num_frames is None else num_frames
+    height = d["height"] if height is None else height
+    width = d["width"] if width is None else width
+    shape = pipe.latent_shape(num_frames, height, width)  # SizeError for non-integers too (never truncated)
+    num_frames, height, width = int(num_frames), int(height), int(width)
+    steps = _check_int("steps", d["steps"] if steps is None else steps, minimum=1)
+    guidance_scale = _check_float("guidance_scale", d["guidance_scale"] if guidance_scale is None else guidance_scale)
+    negative_prompt = d.get("negative_prompt", "") if negative_prompt is None else negative_prompt
+    scheduler_name = scheduler or d.get("scheduler", "unipc")
+    shift = _check_float("shift", d["flow_shift"] if shift is None else shift)
+    if latents is None:
+        seed = _check_seed(seed)
+    from jaxvdm.models.wan.attention import get_attention
+
+    get_attention(attention)  # an unknown backend fails here, not while tracing the first step
     plan = resolve(strategy, mesh, strategy_options)
     with_cfg = guidance_scale > 1.0
     if plan.cfg_axis and not with_cfg:
@@ -244,7 +260,7 @@ def generate(
         if noise.shape != shape:
             raise ValueError(f"latents have shape {tuple(noise.shape)}, expected {shape} for {num_frames}x{height}x{width}")
     else:
-        noise = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
+        noise = jax.random.normal(seed_key(seed), shape, jnp.float32)
 
     t0 = time.perf_counter()
     context = _text_context(pipe, prompt, negative_prompt, with_cfg, prompt_embeds, negative_prompt_embeds)
@@ -263,13 +279,13 @@ def generate(
         else:
             out, timing = sampler(pipe, plan, mesh, noise, context, guidance_scale, sched, attention=attention,
                                   progress=progress)
-    out_np = np.asarray(jax.device_get(out))
+    out_np = _to_host(out)
 
     t0 = time.perf_counter()
     frames = None
     if decode and pipe.decode is not None:
         video = pipe.decode(out, mesh)
-        frames = np.asarray(jax.device_get(video))[0]  # [3, F, H, W]
+        frames = _to_host(video)[0]  # [3, F, H, W]
     t_decode = time.perf_counter() - t0
     settings = dict(
         prompt=prompt, negative_prompt=negative_prompt if with_cfg else None, model=pipe.name, strategy=plan.describe(),
@@ -281,6 +297,63 @@ def generate(
     if frames is None:
         return Video(frames=np.zeros((0, height, width, 3), np.uint8), fps=fps, latents=out_np, settings=settings)
     return Video.from_float(frames, fps=fps, latents=out_np, settings=settings)
+
+
+def _check_int(name: str, value, *, minimum: int) -> int:
+    """``value`` as an int (Python or numpy integer, not bool) of at least ``minimum``; never truncates."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _check_float(name: str, value) -> float:
+    """``value`` as a finite float (a real number, not bool or a string)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _check_seed(seed) -> int:
+    """A seed ``jax.random.PRNGKey`` takes: an integer in the signed 64-bit range."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    lo, hi = SEED_RANGE
+    if not lo <= int(seed) <= hi:
+        raise ValueError(f"seed {seed} is outside the 64-bit range [-2**63, 2**63 - 1]; use a smaller seed "
+                         f"(e.g. seed % 2**63)")
+    return int(seed)
+
+
+def seed_key(seed: int) -> jax.Array:
+    """The PRNG key of a seed in the signed 64-bit range, as ``jax.random.PRNGKey(seed)`` builds it with
+    ``jax_enable_x64``: every such seed has its own key. (Without x64, ``PRNGKey`` keeps only the low 32
+    bits, so seeds 5 and 2**32 + 5, or -1 and 2**32 - 1, would give the same noise.) Seeds in
+    ``[0, 2**32)`` give exactly ``PRNGKey(seed)`` either way."""
+    seed = _check_seed(seed)
+    if jax.config.jax_enable_x64 or 0 <= seed < 2**32 or jax.config.jax_default_prng_impl != "threefry2x32":
+        return jax.random.PRNGKey(seed)
+    bits = seed & (2**64 - 1)  # two's complement, as an int64 seed
+    return jnp.asarray(np.array([bits >> 32, bits & 0xFFFFFFFF], np.uint32))
+
+
+def _to_host(x) -> np.ndarray:
+    """The whole of ``x`` as a numpy array on this process, also when ``x`` is a global array of a
+    multi-process mesh (not fully addressable): a replicated array is read from a local copy, a sharded
+    one is gathered from every process (a collective: every process must call this)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _text_context(pipe: Pipeline, prompt, negative_prompt, with_cfg, prompt_embeds, negative_prompt_embeds):

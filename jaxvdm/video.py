@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,15 @@ def _json_default(o):
     if isinstance(o, (set, frozenset)):
         return sorted(o)
     return str(o)
+
+
+def _is_main_process() -> bool:
+    """False only on processes other than 0 of a multi-process JAX run (never imports JAX itself)."""
+    jax = sys.modules.get("jax")
+    joined = getattr(getattr(jax, "distributed", None), "is_initialized", None)
+    if joined is None or not joined():
+        return True
+    return jax.process_index() == 0
 
 
 def _exists_message(path: Path) -> str:
@@ -175,9 +185,13 @@ class Video:
 
     # ------------------------------------------------------------------ saving
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True, all_processes: bool = False) -> Path:
         """Writes the video; the format follows the suffix (``.mp4``, ``.gif``, ``.npz``; see the module
         docstring). Atomic: a failure leaves no file (and an existing target untouched). Returns the path.
+
+        In a multi-process run (``jaxvdm.sharding.initialize_distributed``) every process holds the same
+        video and only process 0 writes (the others return the path without touching the disk), unless
+        ``all_processes=True`` (e.g. to keep a copy on each host's local disk).
 
         ``overwrite=False`` refuses to replace an existing file (FileExistsError, checked before encoding
         and again, atomically, when the finished file is put in place: a file that appears meanwhile is
@@ -196,6 +210,8 @@ class Video:
         if suffix != ".npz" and self.num_frames == 0:
             raise ValueError(f"cannot save {str(path)!r}: the video has no frames (generated with decode=False?); "
                              f"save as .npz to keep its latents")
+        if not all_processes and not _is_main_process():
+            return path
         parent = path.absolute().parent
         if not parent.is_dir():
             raise FileNotFoundError(f"cannot save {str(path)!r}: directory {str(parent)!r} does not exist "
@@ -205,7 +221,11 @@ class Video:
                                     f"{str(path / ('video' + suffix))!r}")
         if not overwrite and os.path.lexists(path):
             raise FileExistsError(_exists_message(path))
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+        except PermissionError:
+            raise PermissionError(f"cannot save {str(path)!r}: directory {str(parent)!r} is not writable; "
+                                  f"choose another directory or fix its permissions") from None
         os.close(fd)
         try:
             writers[suffix](tmp)

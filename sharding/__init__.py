@@ -12,3 +12,4 @@ if __name__ != "jaxvdm.sharding":
 
 from jaxvdm.sharding.mesh import make_mesh, parse_mesh_spec  # noqa: E402,F401
 from jaxvdm.sharding.registry import STRATEGIES, available_strategies, resolve  # noqa: E402,F401
+from jaxvdm.sharding.distributed import initialize_distributed, is_main_process  # noqa: E402,F401

@@ -28,22 +28,35 @@ def make_mesh(axes: Mapping[str, int] | None = None, /, *, devices=None, **sizes
 
     ``make_mesh(cfg=2, sp=4)`` or ``make_mesh({"cfg": 2, "sp": 4})``. Axes keep the order given.
     A mesh smaller than the device count takes the first devices; a larger one is an error naming
-    both numbers.
+    both numbers. After :func:`~jaxvdm.sharding.initialize_distributed` the devices are those of every
+    process (``jax.devices()`` is global), ordered process by process, and the mesh must use all of them.
     """
     spec = dict(axes or {})
     spec.update(sizes)
     if not spec:
         raise ValueError("make_mesh needs at least one axis, e.g. make_mesh(sp=4)")
     for name, n in spec.items():
-        if not isinstance(n, (int, np.integer)) or n < 1:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"mesh axis {name!r} must have a positive integer size, got {n!r}")
+    given = devices is not None
     devices = list(jax.devices() if devices is None else devices)
     need = math.prod(spec.values())
     if need > len(devices):
+        procs = jax.process_count()
+        where = f" over {procs} processes" if procs > 1 and not given else ""
         raise ValueError(
-            f"mesh {format_mesh(spec)} needs {need} devices but only {len(devices)} are available; "
+            f"mesh {format_mesh(spec)} needs {need} devices but only {len(devices)} are available{where}; "
             "use smaller axis sizes"
         )
+    if not given and jax.process_count() > 1:
+        # multi-process: process-major order, so the last (fastest) axes stay inside one process; every
+        # process must own part of the mesh (each runs the same program on its own devices)
+        devices.sort(key=lambda d: (d.process_index, d.id))
+        if need != len(devices):
+            raise ValueError(
+                f"mesh {format_mesh(spec)} has {need} devices, but a run over {jax.process_count()} processes must "
+                f"use all {len(devices)} of their devices; choose axis sizes whose product is {len(devices)}"
+            )
     arr = np.array(devices[:need], dtype=object).reshape(tuple(spec.values()))
     return Mesh(arr, tuple(spec), axis_types=(AxisType.Explicit,) * len(spec))
 
