@@ -46,6 +46,7 @@ _DTYPES: dict[str, np.dtype] = {
 }
 _CODES = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
+_DAMAGED = "the file is damaged or incomplete (an interrupted download or copy?): download or write it again"
 
 
 class CheckpointError(ValueError):
@@ -93,16 +94,17 @@ def read_safetensors(path: str | os.PathLike, *, names: Iterable[str] | None = N
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated or not a safetensors file ({size} bytes)")
+            raise CheckpointError(f"{path}: truncated or not a safetensors file ({size} bytes); {_DAMAGED}")
         (n,) = struct.unpack("<Q", head)
         if n == 0 or n > _MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"{path}: corrupt or truncated safetensors header (header length {n}, file {size} bytes)")
+            raise CheckpointError(f"{path}: corrupt or truncated safetensors header (header length {n}, file {size} bytes); "
+                                  f"{_DAMAGED}")
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+            raise CheckpointError(f"{path}: corrupt safetensors header ({e}); {_DAMAGED}") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object); {_DAMAGED}")
     header.pop("__metadata__", None)
     data_start = 8 + n
     wanted = set(header) if names is None else set(names)
@@ -118,13 +120,14 @@ def read_safetensors(path: str | os.PathLike, *, names: Iterable[str] | None = N
             shape = tuple(int(d) for d in info["shape"])
             begin, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}: {info!r}") from None
+            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}: {info!r}; {_DAMAGED}") from None
         count = int(np.prod(shape, dtype=np.int64))
         if end - begin != count * dtype.itemsize or begin < 0:
-            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r} (offsets do not match shape {shape})")
+            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r} (offsets do not match shape {shape} "
+                                  f"{info.get('dtype')}); {_DAMAGED}")
         if data_start + end > size:
             raise CheckpointError(
-                f"{path}: truncated file: tensor {name!r} needs bytes up to {data_start + end}, file has {size}"
+                f"{path}: truncated file: tensor {name!r} needs bytes up to {data_start + end}, file has {size}; {_DAMAGED}"
             )
         out[name] = mm[data_start + begin : data_start + end].view(dtype).reshape(shape)
     return out

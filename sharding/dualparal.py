@@ -77,18 +77,19 @@ class Geometry:
         return self.C * self.tokens_per_frame, 2 * self.C * self.tokens_per_frame
 
 
-def geometry(latent_shape, patch, block_frames: int, context_frames: int) -> Geometry:
-    """Validates the block layout for a latent ``[1, C, T, H, W]`` and returns its geometry."""
+def geometry(latent_shape, patch, block_frames: int, context_frames: int, *, vae_stride_t: int = 4) -> Geometry:
+    """Validates the block layout for a latent ``[1, C, T, H, W]`` and returns its geometry
+    (``vae_stride_t`` only words the error message in video frames)."""
     from jaxvdm.sharding.dualparal_schedule import block_layout
 
     t, h, w = (int(v) for v in latent_shape[2:])
     pt, ph, pw = patch
     if pt != 1:
         raise ValueError(f"dualparal needs a temporal patch size of 1, got {pt}")
-    layout = block_layout(t, block_frames, context_frames)
-    return Geometry(B=block_frames, C=context_frames, num_blocks=layout.num_blocks, total=t,
-                    grid=(block_frames + context_frames, h // ph, w // pw), tokens_per_frame=(h // ph) * (w // pw),
-                    patch=tuple(patch))
+    layout = block_layout(t, block_frames, context_frames, vae_stride_t=vae_stride_t)
+    B, C = layout.B, layout.C
+    return Geometry(B=B, C=C, num_blocks=layout.num_blocks, total=t, grid=(B + C, h // ph, w // pw),
+                    tokens_per_frame=(h // ph) * (w // pw), patch=tuple(patch))
 
 
 def coordinated_noise(noise: jax.Array, geo: Geometry, seed: int = 0) -> jax.Array:
@@ -230,7 +231,7 @@ def sample(pipe, plan, mesh, noise, context, guidance, scheduler, *, attention=N
     if b is None or c is None:
         raise ValueError("dualparal needs block_frames and context_frames (latent frames per block and of context), "
                          "e.g. block_frames=8, context_frames=8")
-    geo = geometry(noise.shape, model.config.patch_size, int(b), int(c))
+    geo = geometry(noise.shape, model.config.patch_size, b, c, vae_stride_t=int(pipe.vae_stride[0]))
     x0 = coordinated_noise(jnp.asarray(noise, jnp.float32), geo)
     t0 = time.perf_counter()
     if mesh is None or plan.size(plan.loop_axis) == 1 and not plan.cfg_axis:

@@ -124,20 +124,25 @@ def _valid_totals_near(total: int, B: int, C: int) -> list[int]:
     return sorted(cands)
 
 
-def block_layout(total_latent_frames: int, B: int, C: int) -> Layout:
+def block_layout(total_latent_frames: int, B: int, C: int, *, vae_stride_t: int = 4) -> Layout:
     """Validates and returns the block layout of a latent video of ``total_latent_frames`` frames.
 
     Requires ``B >= 1``, ``0 <= C <= B`` and ``total_latent_frames = C + Nb·B`` with ``Nb >= 1``;
-    otherwise raises ValueError naming valid nearby lengths.
+    otherwise raises ValueError naming valid nearby lengths (in latent frames and, through the VAE's
+    temporal stride ``vae_stride_t``, in video frames).
     """
     B, C = _check_blocks(B, C)
     total = _int("latent frame count", total_latent_frames)
     if total < C + B or (total - C) % B:
         near = _valid_totals_near(total, B, C)
         alts = " or ".join(str(v) for v in near)
+        if vae_stride_t == 1:
+            hint = f"use {alts} frames (num_frames)"
+        else:
+            video = ", ".join(str(frames_for((v - C) // B, B, C, vae_stride_t)) for v in near)
+            hint = f"use {alts} latent frames ({video} video frames at temporal stride {vae_stride_t})"
         raise ValueError(f"dualparal needs C + Nb*B latent frames with Nb >= 1 blocks (B={B}, C={C}), got {total}; "
-                         f"use {alts} latent frames ({', '.join(str(frames_for((v - C) // B, B, C)) for v in near)} "
-                         f"video frames at temporal stride 4)")
+                         f"{hint}, or other block_frames/context_frames")
     return Layout(total=total, B=B, C=C, num_blocks=(total - C) // B)
 
 

@@ -36,26 +36,39 @@ _SCHEDULES = ("rotate", "T", "H", "W", "unite")
 _RAMPS = ("linear", "cosine")
 
 
+def _number(name: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"lp {name} must be a number (a fraction of the core, e.g. {name}=0.5), got {value!r}")
+    return float(value)
+
+
 def windows_for(plan: Plan, latent_shape, patch, num_steps: int) -> Callable[[int], LPWindow]:
     """Per-step partitions for ``plan``'s LP options on a latent ``[1, C, T, H, W]``.
 
     Every step's partition is built (and validated) here, before any compute; the returned function
     maps a step index to its :class:`LPWindow`. Raises ValueError naming the problem for a latent size
-    that is not a multiple of the patch, K larger than every axis's patch count, an overlap outside
-    ``[0, K-1]``, or an unknown schedule or ramp.
+    that is not a multiple of the patch, K larger than every axis's patch count, an overlap (or the unite
+    schedule's ``r_max``) that is not a number in ``[0, K-1]``, or an unknown schedule or ramp. With K = 1
+    (no mesh, or ``lp=1``) one window is the whole latent: every step is the exact full-latent one.
     """
     k = plan.size(plan.lp_axis)
-    overlap = float(plan.option("overlap"))
+    overlap = _number("overlap", plan.option("overlap"))
     schedule = plan.option("schedule")
     ramp = plan.option("ramp")
-    r_max = float(plan.option("r_max"))
+    r_max = _number("r_max", plan.option("r_max"))
     if schedule not in _SCHEDULES:
         raise ValueError(f"lp schedule must be one of {_SCHEDULES}, got {schedule!r}")
     if ramp not in _RAMPS:
         raise ValueError(f"lp ramp must be one of {_RAMPS}, got {ramp!r}")
     grid = part.patch_grid(latent_shape, patch)
+    if k == 1:  # one window covers the latent (no mesh, or lp=1): every step is the exact full-latent one
+        full = LPWindow(None, 0, np.zeros((1,), np.int32), np.zeros((1, 0), np.float32))
+        return lambda i: full
     if schedule != "unite" and not (0.0 <= overlap <= k - 1):
         raise ValueError(f"lp overlap must be in [0, K-1] = [0, {k - 1}] for K={k} devices, got {overlap}")
+    if schedule == "unite" and not (0.0 <= r_max <= k - 1):
+        raise ValueError(f"lp r_max (the unite schedule's largest overlap) must be in [0, K-1] = [0, {k - 1}] for "
+                         f"K={k} devices, got {r_max}")
     axes = part.axis_schedule(num_steps, grid, k, mode=schedule)
     patch_of = dict(zip("THW", patch))
     windows: list[LPWindow] = []

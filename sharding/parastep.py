@@ -35,6 +35,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 from jax.sharding import PartitionSpec as P
@@ -50,7 +51,7 @@ CACHE_POLICIES = ("own", "fresh")
 
 def validate(num_steps: int, warmup: int, n: int, cache: str = "own") -> None:
     """Raises ValueError for W < 1, a cache policy other than own/fresh, or N larger than T − W."""
-    if not isinstance(warmup, int) or warmup < 1:
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 1:
         raise ValueError(f"parastep warmup must be an integer >= 1 (the cache needs a first output), got {warmup!r}")
     if warmup >= num_steps:
         raise ValueError(f"parastep warmup={warmup} leaves no steps to parallelise out of steps={num_steps}; "
@@ -119,10 +120,14 @@ def sample(pipe, plan: Plan, mesh, noise, context, guidance: float, scheduler, *
     from jaxvdm.sampling import progress_enabled
 
     n = plan.size(plan.loop_axis)
-    warmup, policy = int(plan.option("warmup")), plan.option("cache")
+    warmup, policy = plan.option("warmup"), plan.option("cache")
     T = scheduler.num_steps
     validate(T, warmup, n, policy)
+    warmup = int(warmup)
     den = pipe.denoiser(plan, mesh, attention)
+    if mesh is None:  # N = 1: every round is one step evaluated where it stands, i.e. the serial loop
+        x, timing = den.sample(noise, context, guidance, scheduler, progress=progress)
+        return x, {**timing, "sequential_model_calls": T, "total_model_calls": T}
     windows = None
     if plan.lp_axis:
         from jaxvdm.sharding import lp as lp_lib

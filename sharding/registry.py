@@ -127,8 +127,13 @@ def resolve(strategy: str, mesh: Mesh | None, options: Mapping[str, Any] | None 
     options = dict(options or {})
     if not isinstance(strategy, str) or not strategy.strip():
         raise ValueError(f"strategy must be a name such as 'single' or 'cfg+ulysses', got {strategy!r}")
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jaxvdm.sharding.make_mesh(sp=2)) or None, "
+                        f"got {type(mesh).__name__}")
     names = tuple(n.strip() for n in strategy.split("+"))
     for n in names:
+        if not n:
+            raise ValueError(f"strategy {strategy!r} has an empty name; join names with one '+', e.g. 'cfg+ulysses'")
         if n not in STRATEGIES:
             raise ValueError(f"unknown strategy {n!r}; available: {', '.join(STRATEGIES)} (join with '+')")
     if len(set(names)) != len(names):

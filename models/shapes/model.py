@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
@@ -30,6 +31,7 @@ from jaxvdm.models.wan.transformer import WanTransformer
 __all__ = ["WordEncoder", "ShapesModel", "init_model", "save_model", "load_model", "WEIGHTS_PATH", "preset"]
 
 WEIGHTS_PATH = Path(__file__).with_name("weights.safetensors")
+_FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 
 
 def preset() -> dict:
@@ -111,23 +113,34 @@ def load_model(path: str | os.PathLike | None = None, *, dtype=jnp.float32) -> S
     if not path.is_file():
         raise CheckpointError(f"{path}: shapes model weights not found (train them with "
                               f"python -m jaxvdm.models.shapes.train)")
+    fix = ("reinstall jaxvdm to restore the shipped weights" if path.resolve() == WEIGHTS_PATH.resolve() else
+           "save them again with jaxvdm.models.shapes.model.save_model or retrain with "
+           "python -m jaxvdm.models.shapes.train")
     tensors = read_safetensors(path)
     meta = _metadata(path)
     try:
         cfg = WanConfig.from_dict(json.loads(meta["config"]))
         vocab = json.loads(meta["vocab"])
         max_len = int(meta["max_len"])
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: metadata lacks the shapes model config ({e})") from None
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a shapes model file: its metadata lacks the shapes model config ({e}); "
+                              f"{fix} (Wan checkpoints are folders: pass the folder)") from None
     if vocab != list(data.VOCAB):
-        raise CheckpointError(f"{path}: vocabulary does not match jaxvdm.models.shapes.data.VOCAB")
+        raise CheckpointError(f"{path}: vocabulary does not match jaxvdm.models.shapes.data.VOCAB; {fix}")
+    not_float = sorted(f"{k} ({v.dtype})" for k, v in tensors.items() if v.dtype not in _FLOAT_DTYPES)
+    if not_float:
+        raise CheckpointError(f"{path}: weights must be floating point; got {', '.join(not_float[:5])}"
+                              f"{' ...' if len(not_float) > 5 else ''}; {fix}")
     abstract = nnx.eval_shape(lambda: ShapesModel(cfg, len(vocab), max_len, dtype=dtype, rngs=nnx.Rngs(0),
                                                   pad_id=data.PAD_ID))
     graphdef, state = nnx.split(abstract)
     pure = nnx.to_pure_dict(state)
     expected = {"/".join(str(getattr(p, "key", p)) for p in path_): leaf.shape
                 for path_, leaf in jax.tree_util.tree_leaves_with_path(pure)}
-    check_tensors(expected, tensors, source=str(path))
+    try:
+        check_tensors(expected, tensors, source=str(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}\n  {fix}") from None
     values = jax.tree_util.tree_map_with_path(
         lambda p, leaf: jnp.asarray(tensors["/".join(str(getattr(k, "key", k)) for k in p)], jnp.float32), pure)
     nnx.replace_by_pure_dict(state, values)
