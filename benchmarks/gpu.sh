@@ -41,7 +41,7 @@ else
   PY=${PYTHON:-python3}
   DEV=""
   M=wan2.1-t2v-1.3b; SIZE=480x832; FRAMES=81; BIG=wan2.1-t2v-14b; BIGSIZE=720x1280; BIGFRAMES=81
-  DT=bf16; ATT=cudnn; TCOMPILE=off,on; DPFRAMES=161; DPSTEPS=10; E2E=20; REP="--warmup 2 --repeats 5"
+  DT=bf16; ATT=cudnn; TCOMPILE=off,on; DPFRAMES=${BENCH_DP_FRAMES:-161}; DPSTEPS=10; E2E=${BENCH_E2E:-20}; REP="--warmup 2 --repeats 5"
   export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 fi
 
@@ -116,7 +116,7 @@ if has_part b && [ "$NGPU" -gt 1 ] && [ "$(left)" -gt 60 ]; then
   T=$(($(left) - 15))
   echo "== (b) $M ${SIZE}x$FRAMES strategies on $NGPU devices (timeout ${T}s)"
   timeout -k 15 "$T" $BENCH --model $M --size $SIZE --frames $FRAMES $COMMON $BASE \
-    --strategies cfg,ulysses,lp,cfg+ulysses,ring,parastep,dualparal --warmup 1 --repeats 3 \
+    --strategies ${BENCH_STRATEGIES:-cfg,ulysses,lp,cfg+ulysses,ring,parastep,dualparal} --opt overlap=${BENCH_LP_OVERLAP:-0.25} --warmup 1 --repeats 3 \
     --e2e-steps $E2E --e2e-runs 1 --dualparal-frames $DPFRAMES --dualparal-steps $DPSTEPS \
     --json "$OUT/b_strategies.json" 2>&1 | tee "$OUT/b.log"
 fi
