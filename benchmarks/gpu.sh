@@ -69,10 +69,12 @@ if ! $PY -c "import diffusers" 2>/dev/null; then
 fi
 
 # -- jaxvdm importable without installing (models/, sharding/, configs/ are jaxvdm.* subpackages) ------
+# (run from /tmp: in the repository root, its jaxvdm/ folder would shadow the assembled package)
+cd /tmp
 if ! $PY -c "import jaxvdm.models" 2>/dev/null; then
   rm -rf /tmp/jvsrc && mkdir -p /tmp/jvsrc
-  cp -r jaxvdm /tmp/jvsrc/ && cp -r models /tmp/jvsrc/jaxvdm/models && cp -r sharding /tmp/jvsrc/jaxvdm/sharding \
-    && cp -r configs /tmp/jvsrc/jaxvdm/configs
+  cp -r "$ROOT/jaxvdm" /tmp/jvsrc/ && cp -r "$ROOT/models" /tmp/jvsrc/jaxvdm/models \
+    && cp -r "$ROOT/sharding" /tmp/jvsrc/jaxvdm/sharding && cp -r "$ROOT/configs" /tmp/jvsrc/jaxvdm/configs
   export PYTHONPATH=/tmp/jvsrc${PYTHONPATH:+:$PYTHONPATH}
 fi
 
