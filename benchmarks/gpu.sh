@@ -12,6 +12,7 @@
 #   (b) more than one GPU: the strategy table for 1.3B at 480p on all GPUs: cfg, ulysses, lp, cfg+ulysses,
 #       ring (per step, vs the single step of (a)), parastep N=#GPUs on a 20-step schedule (vs the exact
 #       sampler), dualparal on a long video (161 frames, 10 blocks, vs its serial oracle)  -> b_strategies.json
+#   (r) Ring attention: its cuDNN kernel with log-sum-exp checked, then ring and ulysses per step   -> r_ring.json
 #   (c) time permitting: Wan2.1 14B, 720x1280x81, per-step time of ulysses+fsdp and lp (one GPU: the
 #       single-device step)                                                            -> c_14b.json
 # Also writes env.txt (nvidia-smi, versions) and one log per part.
@@ -123,17 +124,26 @@ if has_part b && [ "$NGPU" -gt 1 ] && [ "$(left)" -gt 60 ]; then
     --json "$OUT/b_strategies.json" 2>&1 | tee "$OUT/b.log"
 fi
 
+# -- (r) Ring attention's cuDNN kernel checked, then ring and ulysses timed beside the single step ---------
+if has_part r && [ "${BENCH_TINY:-0}" != "1" ]; then
+  timeout -k 10 120 $PY "$ROOT/benchmarks/check_cudnn_lse.py" 2>&1 | tee "$OUT/r_check.log"
+  T=$(min 200 $(($(left) - 20)))
+  echo "== (r) $M ${SIZE}x$FRAMES single, ring, ulysses (timeout ${T}s)"
+  timeout -k 15 "$T" $BENCH --model $M --size $SIZE --frames $FRAMES $COMMON \
+    --strategies single,ring,ulysses --warmup 1 --repeats 3 --json "$OUT/r_ring.json" 2>&1 | tee "$OUT/r.log"
+fi
+
 # -- (c) 14B at 720p, per-step time --------------------------------------------------------------------------
 if has_part c && [ "$(left)" -gt 150 ]; then
   if [ "$NGPU" -gt 1 ]; then
     if [ "$NGPU" -ge 4 ]; then CMESH="fsdp=2,sp=$((NGPU / 2))"; else CMESH="fsdp=$NGPU,sp=1"; fi
-    CSTRATS="ulysses+fsdp,lp"; CBASE="--no-baseline --mesh $CMESH"
+    CSTRATS=${BENCH_C_STRATEGIES:-ulysses+fsdp,lp}; CBASE="--no-baseline --mesh ${BENCH_C_MESH:-$CMESH}"
   else
     CSTRATS="single"; CBASE=""
   fi
   T=$(($(left) - 10))
   echo "== (c) $BIG ${BIGSIZE}x$BIGFRAMES $CSTRATS (timeout ${T}s)"
-  timeout -k 15 "$T" $BENCH --model $BIG --size $BIGSIZE --frames $BIGFRAMES $COMMON $CBASE \
+  timeout -k 15 "$T" $BENCH --model $BIG --size $BIGSIZE --frames $BIGFRAMES $COMMON $CBASE --opt overlap=${BENCH_LP_OVERLAP:-0.25} \
     --strategies $CSTRATS --warmup 1 --repeats 2 --no-warm-compile --json "$OUT/c_14b.json" 2>&1 | tee "$OUT/c.log"
 fi
 

@@ -28,7 +28,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from jaxvdm.models.wan import rope as rope_lib
-from jaxvdm.models.wan.attention import get_attention
+from jaxvdm.models.wan.attention import get_attention, get_attention_with_lse
 from jaxvdm.models.wan.transformer import Conditioning, WanTransformer, unpatchify
 from jaxvdm.sharding import fsdp as fsdp_lib
 from jaxvdm.sharding import sequence
@@ -98,7 +98,7 @@ def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0,
     if plan.sp_kind == "ulysses":
         attn = sequence.ulysses(plan.sp_axis, attn)
     elif plan.sp_kind == "ring":
-        attn = sequence.ring(plan.sp_axis)
+        attn = sequence.ring(plan.sp_axis, get_attention_with_lse(attention))
     if seq_axes:
         tokens = sequence.shard_tokens(tokens, seq_axes)
         positions = sequence.shard_tokens(positions, seq_axes, axis=0)

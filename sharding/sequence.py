@@ -105,8 +105,13 @@ def allgather_kv(axis: str, inner: AttentionFn) -> AttentionFn:
     return attend
 
 
-def ring(axis: str) -> AttentionFn:
-    """Ring attention over mesh ``axis``: exact, float32 online-softmax merge of per-chunk attention."""
+def ring(axis: str, with_lse=attention_with_lse) -> AttentionFn:
+    """Ring attention over mesh ``axis``: exact, float32 online-softmax merge of per-chunk attention.
+
+    ``with_lse(q, k, v, kv_len) -> (out, lse)`` attends to one K/V chunk (the XLA reference by default;
+    :func:`~jaxvdm.models.wan.attention.cudnn_attention_with_lse` on GPU). A chunk that holds only
+    padding contributes nothing, whatever the kernel returns for it.
+    """
 
     def attend(q, k, v, kv_len=None):
         n = lax.axis_size(axis)
@@ -120,14 +125,19 @@ def ring(axis: str) -> AttentionFn:
         for step in range(n):
             src = (me - step) % n  # the ring position whose chunk we hold now
             blen = None if kv_len is None else jnp.clip(kv_len - src * chunk, 0, chunk)
-            o_s, lse_s = attention_with_lse(q, kc, vc, blen)
+            o_s, lse_s = with_lse(q, kc, vc, blen)
+            if blen is not None:
+                lse_s = jnp.where(blen > 0, lse_s, -jnp.inf)
             m = jnp.maximum(lse, lse_s)
+            m = jnp.where(jnp.isfinite(m), m, 0.0)
             w_old = jnp.exp(lse - m)
             w_new = jnp.exp(lse_s - m)
             tot = w_old + w_new
-            t = lambda w: jnp.swapaxes(w / tot, 1, 2)[..., None]  # noqa: E731  [B,H,Sq] -> [B,Sq,H,1]
+            safe = jnp.where(tot > 0, tot, 1.0)
+            t = lambda w: jnp.swapaxes(w / safe, 1, 2)[..., None]  # noqa: E731  [B,H,Sq] -> [B,Sq,H,1]
+            o_s = jnp.where(t(w_new) > 0, o_s, 0.0)  # a masked chunk's output may be anything (NaN included)
             out = out * t(w_old) + o_s * t(w_new)
-            lse = m + jnp.log(tot)
+            lse = jnp.where(tot > 0, m + jnp.log(safe), -jnp.inf)
             if step < n - 1:
                 kc, vc = lax.ppermute((kc, vc), axis, perm)
         return out.astype(q.dtype)

@@ -16,7 +16,8 @@ Backends:
 * ``"auto"`` — cuDNN on GPU for half-precision inputs, XLA otherwise.
 
 :func:`attention_with_lse` additionally returns the log-sum-exp of each query row, which Ring attention
-needs to merge partial results.
+needs to merge partial results; :func:`cudnn_attention_with_lse` is its fused GPU form (cuDNN's float32
+softmax statistics), and :func:`get_attention_with_lse` picks one by backend name.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["AttentionFn", "xla_attention", "xla_chunked_attention", "cudnn_attention", "attention_with_lse",
-           "get_attention", "BACKENDS"]
+           "cudnn_attention_with_lse", "get_attention", "get_attention_with_lse", "BACKENDS"]
 
 AttentionFn = Callable[..., jax.Array]
 _NEG = -1e30
@@ -86,6 +87,34 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_len=None) -> ja
     return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
 
 
+def cudnn_attention_with_lse(q: jax.Array, k: jax.Array, v: jax.Array, kv_len=None) -> tuple[jax.Array, jax.Array]:
+    """cuDNN flash attention with its log-sum-exp: ``(out [B,Sq,H,Dh] float32, lse [B,H,Sq] float32)``.
+
+    The same contract as :func:`attention_with_lse` (GPU, bf16/fp16 inputs), without materialising the
+    scores. The statistics come from cuDNN in float32 (the public ``jax.nn.dot_product_attention``
+    rounds them to the output dtype, which would make Ring's merge inexact in bf16, so the fused
+    primitive is called directly, falling back to the public API if a JAX version lacks it).
+    """
+    b, sq, _, dh = q.shape
+    scale = 1.0 / math.sqrt(dh)
+    kv_lengths = None if kv_len is None else jnp.full((b,), kv_len, jnp.int32)
+    try:
+        from jax._src.cudnn.fused_attention_stablehlo import MaskType
+        from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as fused
+    except ImportError:  # pragma: no cover - depends on the JAX version
+        fused = None
+    if fused is not None:
+        q_lengths = None if kv_lengths is None else jnp.full((b,), sq, jnp.int32)
+        mask = MaskType.NO_MASK if kv_lengths is None else MaskType.PADDING
+        out, stats = fused(q, k, v, None, None, q_lengths, kv_lengths, scale=scale, mask_type=mask,
+                           return_residual=True)
+    else:  # pragma: no cover
+        out, stats = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths, implementation="cudnn",
+                                                  return_residual=True)
+        stats = jnp.swapaxes(stats, 1, 2)  # [B, Sq, H] -> [B, H, Sq]
+    return out.astype(jnp.float32), stats.astype(jnp.float32)
+
+
 def _auto_attention(q, k, v, kv_len=None):
     on_gpu = jax.default_backend() == "gpu"
     if on_gpu and q.dtype in (jnp.bfloat16, jnp.float16):
@@ -101,6 +130,24 @@ BACKENDS: dict[str, AttentionFn] = {
     "cudnn": cudnn_attention,
     "auto": _auto_attention,
 }
+
+
+def _auto_attention_with_lse(q, k, v, kv_len=None):
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        return cudnn_attention_with_lse(q, k, v, kv_len)
+    return attention_with_lse(q, k, v, kv_len)
+
+
+def get_attention_with_lse(name: str | None = "auto"):
+    """The ``(out, lse)`` attention of backend ``name`` (see :func:`attention_with_lse`): cuDNN's for
+    ``"cudnn"`` (and ``"auto"`` on GPU in half precision), the XLA one otherwise."""
+    name = name or "auto"
+    get_attention(name)  # validates the name
+    if name == "cudnn":
+        return cudnn_attention_with_lse
+    if name == "auto":
+        return _auto_attention_with_lse
+    return attention_with_lse
 
 
 @functools.lru_cache(maxsize=None)
