@@ -127,6 +127,8 @@ fi
 # -- (r) Ring attention's cuDNN kernel checked, then ring and ulysses timed beside the single step ---------
 if has_part r && [ "${BENCH_TINY:-0}" != "1" ]; then
   timeout -k 10 120 $PY "$ROOT/benchmarks/check_cudnn_lse.py" 2>&1 | tee "$OUT/r_check.log"
+fi
+if has_part r && [ "${BENCH_TINY:-0}" != "1" ] && [ "${BENCH_R_BENCH:-1}" = "1" ]; then
   T=$(min 200 $(($(left) - 20)))
   echo "== (r) $M ${SIZE}x$FRAMES single, ring, ulysses (timeout ${T}s)"
   timeout -k 15 "$T" $BENCH --model $M --size $SIZE --frames $FRAMES $COMMON \
