@@ -5,7 +5,7 @@
 Kernels: cuDNN flash attention (``jax.nn.dot_product_attention(implementation="cudnn")``) and JAX's
 Pallas Mosaic GPU (Hopper) attention with several tiles. The Mosaic kernel neither masks keys nor
 scales scores, so the sequence is padded to a tile multiple with zero keys and values, ``q`` is
-pre-scaled, and the padded keys' share of the softmax is removed exactly with the kernel's log-sum-exp:
+pre-scaled (inputs go in as float16, which its buffers are), and the padded keys' share of the softmax is removed exactly with the kernel's log-sum-exp:
 ``out = out_padded / (1 - n_pad * exp(-lse))`` (a zero key scores exactly 0).
 """
 
@@ -37,9 +37,10 @@ def mosaic_attention(q, k, v, config, tile=128):
     b, s, h, d = q.shape
     s_pad = -(-s // (2 * tile)) * (2 * tile)
     n_pad = s_pad - s
-    qs = (q.astype(jnp.float32) / math.sqrt(d)).astype(q.dtype)
+    f16 = jnp.float16  # the kernel's shared-memory buffers are float16
+    qs = (q.astype(jnp.float32) / math.sqrt(d)).astype(f16)
     pad = ((0, 0), (0, n_pad), (0, 0), (0, 0))
-    qs, kp, vp = (jnp.pad(a, pad) for a in (qs, k, v))
+    qs, kp, vp = (jnp.pad(a, pad) for a in (qs, k.astype(f16), v.astype(f16)))
     out, (lse2,) = mg.attention(qs, kp, vp, config, save_residuals=True)
     out = out[:, :s].astype(jnp.float32)
     if n_pad:
