@@ -81,6 +81,7 @@ SIZE_RANGES = {"small": (0.09, 0.13), "big": (0.17, 0.22)}
 GROW_START = (0.08, 0.11)   # R at the small end of a grow/shrink
 GROW_FACTOR = (1.8, 2.3)    # R_large / R_small
 TRAVEL_MIN = {"cardinal": 0.34, "diagonal": 0.30}  # per moving axis, fraction of the frame
+LONG_TRAVEL = 0.85  # with long_travel, moving shapes cross at least this share of the room they have
 
 #: Word-level vocabulary (fixed order: shipped weights depend on it). ``<pad>`` is 0 and ``<unk>`` is 1.
 VOCAB = ("<pad>", "<unk>", "a", "and", "on", "background", "small", "big",
@@ -173,7 +174,8 @@ def to_rng(key_or_seed) -> np.random.Generator:
     raise TypeError(f"expected an int seed, a numpy Generator or a JAX key, got {type(key_or_seed).__name__}")
 
 
-def _sample_object(rng: np.random.Generator, motion: str, shape: str, colour: str) -> ObjectSpec:
+def _sample_object(rng: np.random.Generator, motion: str, shape: str, colour: str,
+                   long_travel: bool = False) -> ObjectSpec:
     if motion in ("grow", "shrink"):
         small = rng.uniform(*GROW_START)
         large = small * rng.uniform(*GROW_FACTOR)
@@ -189,7 +191,8 @@ def _sample_object(rng: np.random.Generator, motion: str, shape: str, colour: st
     if motion in DIRECTIONS:
         d = DIRECTIONS[motion]
         avail = 1 - 2 * margin
-        travel = rng.uniform(TRAVEL_MIN["diagonal" if d[0] and d[1] else "cardinal"], avail)
+        least = TRAVEL_MIN["diagonal" if d[0] and d[1] else "cardinal"]
+        travel = rng.uniform(max(least, LONG_TRAVEL * avail) if long_travel else least, avail)
         for ax in (0, 1):
             if d[ax]:
                 lo = margin if d[ax] > 0 else margin + travel
@@ -225,8 +228,12 @@ def _boxes_meet(a: ObjectSpec, b: ObjectSpec, samples: int = 33) -> bool:
 
 
 def sample_spec(rng, *, two_shapes: bool = False, motions=MOTIONS, shapes=SHAPES, colours=tuple(COLOURS),
-                backgrounds=BACKGROUNDS, p_say_size: float = 0.7, p_say_background: float = 0.8) -> ClipSpec:
+                backgrounds=BACKGROUNDS, p_say_size: float = 0.7, p_say_background: float = 0.8,
+                long_travel: bool = False) -> ClipSpec:
     """A random clip spec (uniform over the given motions, shapes, colours, backgrounds).
+
+    With ``long_travel`` a shape moving in a direction crosses at least ``LONG_TRAVEL`` of the room it has,
+    so it starts near the edge it moves away from (its direction then shows from the first frame).
 
     ``rng``: anything :func:`to_rng` takes. With ``two_shapes`` the second shape has a different colour and a
     different shape from the first, and its own random motion; the pair is redrawn (up to 1000 times) until
@@ -249,7 +256,7 @@ def sample_spec(rng, *, two_shapes: bool = False, motions=MOTIONS, shapes=SHAPES
             colour_choices = [c for c in colours if all(o.colour != c for o in objs)]
             objs.append(_sample_object(rng, motions[rng.integers(len(motions))],
                                        shape_choices[rng.integers(len(shape_choices))],
-                                       colour_choices[rng.integers(len(colour_choices))]))
+                                       colour_choices[rng.integers(len(colour_choices))], long_travel))
         if n_objects == 1 or not _boxes_meet(objs[0], objs[1]):
             break
     background = backgrounds[rng.integers(len(backgrounds))]

@@ -40,16 +40,18 @@ __all__ = ["main", "train"]
 
 
 def _batch_worker(args):
-    seed, batch, frames, size = args
-    clips, captions, ids = data.sample_batch(seed, batch, num_frames=frames, size=size)
+    seed, batch, frames, size, long_travel = args
+    clips, captions, ids = data.sample_batch(seed, batch, num_frames=frames, size=size, long_travel=long_travel)
     return np.asarray(clips, np.float32), np.asarray(ids, np.int32)
 
 
 class Batches:
     """Prefetches training batches from worker processes; batch ``i`` comes from seed ``(seed, i)``."""
 
-    def __init__(self, seed: int, batch: int, frames: int, size: int, workers: int, prefetch: int = 16):
+    def __init__(self, seed: int, batch: int, frames: int, size: int, workers: int, prefetch: int = 16,
+                 long_travel: bool = False):
         self.seed, self.batch, self.frames, self.size = seed, batch, frames, size
+        self.long_travel = long_travel
         self.q: queue.Queue = queue.Queue(maxsize=prefetch)
         self.workers = workers
         self._stop = False
@@ -57,7 +59,7 @@ class Batches:
         self._thread.start()
 
     def _args(self, i: int):
-        return (self.seed * 1_000_003 + i, self.batch, self.frames, self.size)
+        return (self.seed * 1_000_003 + i, self.batch, self.frames, self.size, self.long_travel)
 
     def _fill(self):
         # At most ``workers + prefetch`` batches exist at once: a task is submitted only when a finished
@@ -145,7 +147,8 @@ def train(args) -> dict:
         ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
         return params, opt_state, ema, loss, optax.global_norm(grads)
 
-    batches = Batches(args.seed, args.batch_size, args.frames, args.size, args.workers)
+    batches = Batches(args.seed, args.batch_size, args.frames, args.size, args.workers,
+                      long_travel=args.long_travel)
     key = jax.random.key(args.seed)
     log = {"step": [], "loss": [], "grad_norm": [], "time": []}
     t0 = time.time()
@@ -278,6 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-prompts", type=int, default=128)
     p.add_argument("--eval-settings", type=_parse_settings, default=None,
                    help="'steps,guidance,shift;...' e.g. '20,4,2;20,5,3'")
+    p.add_argument("--long-travel", action="store_true",
+                   help="moving shapes cross most of the frame (start near the edge they leave)")
     p.add_argument("--small", action="store_true", help="a very small model (CPU smoke tests)")
     args = p.parse_args(argv)
     args.command = "python -m jaxvdm.models.shapes.train " + " ".join(argv if argv is not None else os.sys.argv[1:])
