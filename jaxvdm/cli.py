@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -100,6 +101,11 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     pr = sub.add_parser("profile", help="summarise a profile directory (trace and/or HLO dump)")
     pr.add_argument("directory")
     pr.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    from jaxvdm import bench  # argparse only at import; JAX is imported when a command runs
+
+    bench.add_parser(sub)
+    bench.add_comm_parser(sub)
     return parser, opts
 
 
@@ -256,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             return _convert(args)
         if args.command == "profile":
             return _profile(args)
+        if args.command in ("bench", "comm"):
+            from jaxvdm import bench
+
+            args.command_line = shlex.join(["jaxvdm"] + list(sys.argv[1:] if argv is None else argv))
+            return bench.run(args) if args.command == "bench" else bench.run_comm(args)
     except CLIError as e:
         print(f"jaxvdm: error: {e}", file=sys.stderr)
         return 2

@@ -160,9 +160,9 @@ def resolve(strategy: str, mesh: Mesh | None, options: Mapping[str, Any] | None 
         if mesh is None and s.fixed_size is None:
             continue  # without a mesh every strategy runs its algorithm on one device (axis size 1)
         if s.axis not in shape:
-            have = format_mesh(shape) if shape else "no mesh"
+            have = f"the mesh has {format_mesh(shape)}" if shape else "no mesh was given"
             raise ValueError(
-                f"strategy {s.name!r} needs a mesh axis named {s.axis!r}, but the mesh has {have}; "
+                f"strategy {s.name!r} needs a mesh axis named {s.axis!r}, but {have}; "
                 f"e.g. jaxvdm.sharding.make_mesh({s.axis}={s.fixed_size or 2})"
             )
         if s.fixed_size is not None and shape[s.axis] != s.fixed_size:
