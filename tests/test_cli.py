@@ -5,6 +5,7 @@ Runs ``jaxvdm.cli.main`` in-process (JAX and its 8 simulated devices are already
 of test_generate, so the compiled steps are shared; two subprocesses check the entry points.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -177,3 +178,25 @@ def test_entry_points_in_fresh_processes(tmp_path):
         "jaxvdm: error: strategy 'cfg' splits the guidance pair, but guidance_scale <= 1 disables guidance; "
         "use guidance_scale > 1 or drop 'cfg'"]
     assert os.listdir(tmp_path) == []
+
+
+def test_comm_and_bench_subcommands(devices, tmp_path, capsys):
+    """``jaxvdm comm`` and ``jaxvdm bench`` run through the main CLI: Ulysses' step has its 4 all-to-alls
+    per layer, CFG's one all-gather outside the model, and bench writes a complete JSON."""
+    out = tmp_path / "comm.json"
+    assert main(["comm", "--model", "tiny", "--dtype", "f32", "--attention", "xla", "--mesh", "sp=2,cfg=2",
+                 "--strategy", "ulysses,cfg", "--json", str(out)]) == 0
+    res = {r["strategy"]: r for r in json.loads(out.read_text())["results"]}
+    from jaxvdm import bench
+
+    layers = bench.model_spec("tiny").config.num_layers
+    assert res["ulysses"]["per_kind"]["all-to-all"]["count"] == 4 * layers
+    assert set(res["cfg"]["phases"]) == {"cfg_combine"}
+    js = tmp_path / "bench.json"
+    assert main(["bench", "--model", "tiny", "--strategies", "single,cfg", "--dtype", "f32", "--attention", "xla",
+                 "--warmup", "1", "--repeats", "1", "--no-warm-compile", "--json", str(js)]) == 0
+    rows = {r["name"]: r for r in json.loads(js.read_text())["rows"]}
+    assert rows["single"]["status"] == rows["cfg"]["status"] == "ok" and rows["cfg"]["speedup"] > 0
+    capsys.readouterr()
+    assert main(["comm", "--model", "tiny", "--strategy", "nope"]) == 2
+    assert "unknown strategy 'nope'" in capsys.readouterr().err
