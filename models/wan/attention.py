@@ -115,9 +115,13 @@ def cudnn_attention_with_lse(q: jax.Array, k: jax.Array, v: jax.Array, kv_len=No
     return out.astype(jnp.float32), stats.astype(jnp.float32)
 
 
+def _cudnn_suits(q) -> bool:
+    """What ``"auto"`` picks cuDNN for: a GPU and half-precision inputs."""
+    return jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+
+
 def _auto_attention(q, k, v, kv_len=None):
-    on_gpu = jax.default_backend() == "gpu"
-    if on_gpu and q.dtype in (jnp.bfloat16, jnp.float16):
+    if _cudnn_suits(q):
         return cudnn_attention(q, k, v, kv_len)
     if q.shape[1] * k.shape[1] * q.shape[2] * q.shape[0] > (1 << 28):
         return xla_chunked_attention(q, k, v, kv_len)
@@ -133,7 +137,7 @@ BACKENDS: dict[str, AttentionFn] = {
 
 
 def _auto_attention_with_lse(q, k, v, kv_len=None):
-    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+    if _cudnn_suits(q):
         return cudnn_attention_with_lse(q, k, v, kv_len)
     return attention_with_lse(q, k, v, kv_len)
 
