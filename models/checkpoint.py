@@ -179,7 +179,8 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     offset = 0
     arrays = []
     for name in sorted(tensors):
-        a = np.ascontiguousarray(np.asarray(tensors[name]))
+        a = np.asarray(tensors[name])
+        a = np.ascontiguousarray(a).reshape(a.shape)  # ascontiguousarray makes 0-d arrays 1-d
         if a.dtype not in _CODES:
             raise TypeError(f"cannot store dtype {a.dtype} of tensor {name!r} in safetensors")
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)

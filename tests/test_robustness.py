@@ -496,3 +496,21 @@ def test_ctrl_c_in_the_cli_during_denoising_and_saving(tmp_path, monkeypatch, ca
     status, err = _cli(capsys, "-o", str(out), "--overwrite")
     assert status == 130 and "interrupted (no output written)" in err
     assert [p.name for p in tmp_path.iterdir()] == ["v.npz"] and out.read_bytes() == b"previous run"
+
+
+def test_safetensors_round_trip_keeps_every_shape_and_dtype(tmp_path):
+    """What we write reads back identically, 0-d tensors included (and the file opens in the reference
+    safetensors reader)."""
+    import ml_dtypes
+    from safetensors.numpy import load_file
+
+    tensors = {"scalar": np.array(3, np.int32), "vec": np.arange(5, dtype=np.float16),
+               "mat": np.ones((2, 3), ml_dtypes.bfloat16), "empty": np.zeros((0, 4), np.float32)}
+    write_safetensors(tmp_path / "t.safetensors", tensors)
+    back = read_safetensors(tmp_path / "t.safetensors")
+    assert back.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert back[k].shape == v.shape and back[k].dtype == v.dtype, k
+        np.testing.assert_array_equal(back[k], v)
+    ref = load_file(str(tmp_path / "t.safetensors"))
+    assert ref["scalar"].shape == () and int(ref["scalar"]) == 3

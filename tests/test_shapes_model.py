@@ -1,6 +1,7 @@
 """The shipped shapes model: strict loading, what it has learned, and that training runs and learns."""
 
 import json
+import shutil
 import struct
 
 import jax
@@ -82,3 +83,53 @@ def test_training_smoke_loss_falls(tmp_path):
     assert log["loss"][-1] < 0.6 * log["loss"][0], log["loss"]
     m = load_model(tmp_path / "weights.safetensors")
     assert m.transformer.config.num_layers == 2
+
+
+def _state_trees(directory, names=("params", "ema", "adam")) -> dict:
+    meta = json.loads((directory / "state.json").read_text())
+    out = {}
+    for name in names:
+        out[name] = {}
+        for f in meta["files"].get(name, []):
+            out[name].update(read_safetensors(directory / f))
+    return out
+
+
+def test_training_resumes_exactly_across_legs(tmp_path):
+    """The same 8 steps in one leg or in two (--state, --call-steps) give bit-identical parameters, EMA,
+    optimizer state and loss log; a compact state (no optimizer moments) resumes with a restarted optimizer;
+    a state of another model configuration is refused by name."""
+    from jaxvdm.models.shapes import train, train_state
+
+    base = ["--small", "--steps", "8", "--batch-size", "2", "--workers", "1", "--lr", "2e-3", "--warmup", "3",
+            "--eval-prompts", "0", "--log-every", "2", "--frames", "4", "--size", "16"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train.main(["--out", str(one), "--state", str(one / "state"), *base])
+    train.main(["--out", str(two), "--state", str(two / "state"), "--call-steps", "5", *base])
+    leg1 = json.loads((two / "state" / "state.json").read_text())
+    assert leg1["step"] == 5 and not leg1["finished"]
+    compact = tmp_path / "compact" / "state"  # leg 1's state without the optimizer, as --compact-state writes it
+    shutil.copytree(two / "state", compact)
+    for f in leg1["files"].pop("adam"):
+        (compact / f).unlink()
+    (compact / train_state.STATE_FILE).write_text(json.dumps(leg1))
+    train.main(["--out", str(two), "--state", str(two / "state"), "--call-steps", "5", *base])
+
+    a, b = _state_trees(one / "state"), _state_trees(two / "state")
+    for name in ("params", "ema", "adam"):
+        assert a[name].keys() == b[name].keys() and len(a[name]) > 0
+        for k in a[name]:
+            np.testing.assert_array_equal(a[name][k], b[name][k], err_msg=f"{name}{k}")
+    meta_a, meta_b = (json.loads((d / "state" / "state.json").read_text()) for d in (one, two))
+    assert meta_a["step"] == meta_b["step"] == 8 and meta_b["finished"]
+    assert meta_a["log"]["loss"] == meta_b["log"]["loss"] and meta_a["key"] == meta_b["key"]
+
+    train.main(["--out", str(compact.parent), "--state", str(compact), "--compact-state", *base])
+    c = _state_trees(compact)
+    assert c["adam"] == {} and json.loads((compact / "state.json").read_text())["step"] == 8
+    assert all(np.isfinite(v).all() for v in c["params"].values())
+    assert any(not np.array_equal(a["params"][k], c["params"][k]) for k in a["params"])  # the optimizer restarted
+
+    with pytest.raises(CheckpointError, match="start a new --state folder"):
+        train.main(["--out", str(tmp_path / "big"), "--state", str(one / "state"), "--steps", "9",
+                    "--batch-size", "1", "--workers", "1", "--eval-prompts", "0"])

@@ -11,12 +11,20 @@ unconditional prompt for guidance), EMA weights. Data are generated on the fly b
 Writes into ``--out``: orbax checkpoints (``ckpt/``), ``loss.png``, ``train_log.json``, the EMA weights as
 ``weights.safetensors`` (float16; copy it to ``models/shapes/weights.safetensors`` to ship it) and
 ``eval.json`` (prompt adherence of generated clips under the evaluator, for a few guidance settings).
+
+Runs longer than one sitting (one device call lasts at most 10 minutes) go in legs: ``--state DIR`` resumes
+from the state in ``DIR`` when there is one and writes the state there when the leg ends; ``--call-steps``
+and ``--call-time-limit`` end a leg early, while ``--steps`` and ``--time-limit`` stay the whole run's
+budget (the learning-rate schedule and the data stream follow the whole run, so legs resume exactly).
+``--compact-state`` leaves the optimizer moments out of the state (see
+:mod:`jaxvdm.models.shapes.train_state`).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -49,8 +57,8 @@ class Batches:
     """Prefetches training batches from worker processes; batch ``i`` comes from seed ``(seed, i)``."""
 
     def __init__(self, seed: int, batch: int, frames: int, size: int, workers: int, prefetch: int = 16,
-                 long_travel: bool = False):
-        self.seed, self.batch, self.frames, self.size = seed, batch, frames, size
+                 long_travel: bool = False, start: int = 0):
+        self.seed, self.batch, self.frames, self.size, self.start = seed, batch, frames, size, start
         self.long_travel = long_travel
         self.q: queue.Queue = queue.Queue(maxsize=prefetch)
         self.workers = workers
@@ -68,15 +76,15 @@ class Batches:
             ctx = mp.get_context("spawn")
             with ctx.Pool(self.workers) as pool:
                 pending = collections.deque(pool.apply_async(_batch_worker, (self._args(i),))
-                                            for i in range(self.workers))
-                i = self.workers
+                                            for i in range(self.start, self.start + self.workers))
+                i = self.start + self.workers
                 while not self._stop:
                     item = pending.popleft().get()
                     self.q.put(item)
                     pending.append(pool.apply_async(_batch_worker, (self._args(i),)))
                     i += 1
         else:
-            i = 0
+            i = self.start
             while not self._stop:
                 self.q.put(_batch_worker(self._args(i)))
                 i += 1
@@ -107,7 +115,47 @@ def sample_sigma(key, n: int, shift: float) -> jax.Array:
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
+def _optimizer(lr: float):
+    """AdamW (learning rate set every step through ``inject_hyperparams``) after global-norm clipping."""
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.inject_hyperparams(optax.adamw)(learning_rate=lr, b1=0.9, b2=0.99, weight_decay=0.01))
+
+
+@functools.lru_cache(maxsize=8)
+def _train_step(graphdef, lr: float, sigma_shift: float, caption_dropout: float, ema_decay: float):
+    """The jitted training step for one model structure and objective; cached, so that the legs of a run
+    in one process (and repeated calls of :func:`train`) compile it once."""
+    tx = _optimizer(lr)
+
+    def loss_fn(params, clips, ids, key):
+        m = nnx.merge(graphdef, params)
+        x0 = jnp.transpose(clips, (0, 4, 1, 2, 3))
+        k1, k2, k3 = jax.random.split(key, 3)
+        b = x0.shape[0]
+        sigma = sample_sigma(k1, b, sigma_shift)
+        eps = jax.random.normal(k2, x0.shape)
+        s = sigma[:, None, None, None, None]
+        xt = (1 - s) * x0 + s * eps
+        drop = jax.random.uniform(k3, (b,)) < caption_dropout
+        ids = jnp.where(drop[:, None], data.PAD_ID, ids)
+        v = m.transformer(xt, sigma * 1000.0, m.text(ids))
+        return jnp.mean(jnp.square(v - (eps - x0)))
+
+    def train_step(params, opt_state, ema, clips, ids, key, step, lr):
+        opt_state[1].hyperparams["learning_rate"] = lr
+        loss, grads = jax.value_and_grad(loss_fn)(params, clips, ids, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+        return params, opt_state, ema, loss, optax.global_norm(grads)
+
+    return jax.jit(train_step)
+
+
 def train(args) -> dict:
+    from jaxvdm.models.shapes import train_state
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -118,83 +166,94 @@ def train(args) -> dict:
     model = init_model(args.seed, dtype=dtype, config=config)
     graphdef, params = nnx.split(model, nnx.Param)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.inject_hyperparams(optax.adamw)(learning_rate=args.lr, b1=0.9, b2=0.99, weight_decay=0.01))
+    tx = _optimizer(args.lr)
     opt_state = tx.init(params)
     ema = jax.tree.map(jnp.copy, params)
-
-    def loss_fn(params, clips, ids, key):
-        m = nnx.merge(graphdef, params)
-        x0 = jnp.transpose(clips, (0, 4, 1, 2, 3))
-        k1, k2, k3 = jax.random.split(key, 3)
-        b = x0.shape[0]
-        sigma = sample_sigma(k1, b, args.sigma_shift)
-        eps = jax.random.normal(k2, x0.shape)
-        s = sigma[:, None, None, None, None]
-        xt = (1 - s) * x0 + s * eps
-        drop = jax.random.uniform(k3, (b,)) < args.caption_dropout
-        ids = jnp.where(drop[:, None], data.PAD_ID, ids)
-        v = m.transformer(xt, sigma * 1000.0, m.text(ids))
-        return jnp.mean(jnp.square(v - (eps - x0)))
-
-    @jax.jit
-    def train_step(params, opt_state, ema, clips, ids, key, step, lr):
-        opt_state[1].hyperparams["learning_rate"] = lr
-        loss, grads = jax.value_and_grad(loss_fn)(params, clips, ids, key)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        decay = jnp.minimum(args.ema, (1.0 + step) / (10.0 + step))
-        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
-        return params, opt_state, ema, loss, optax.global_norm(grads)
-
-    batches = Batches(args.seed, args.batch_size, args.frames, args.size, args.workers,
-                      long_travel=args.long_travel)
     key = jax.random.key(args.seed)
     log = {"step": [], "loss": [], "grad_norm": [], "time": []}
+    start, seconds_before, rewarm_from, compile_s = 0, 0.0, None, 0.0
+    losses = []  # losses since the last log line
+    if train_state.has_state(args.state):
+        trees, meta = train_state.load_state(args.state, {"params": params, "ema": ema, "adam": opt_state})
+        if meta["seed"] != args.seed:
+            raise SystemExit(f"--state {args.state} was trained with --seed {meta['seed']}, not {args.seed}")
+        params, ema = trees["params"], trees["ema"]
+        if "adam" in trees:
+            opt_state = trees["adam"]
+        else:  # a compact state: a fresh optimizer, whose learning rate warms up again
+            rewarm_from = meta["step"]
+        start, seconds_before, log = meta["step"], meta["train_seconds"], meta["log"]
+        compile_s = meta.get("compile_seconds", 0.0)
+        losses = [np.float32(x) for x in meta.get("unlogged_losses", [])]
+        key = jax.random.wrap_key_data(np.asarray(meta["key"], np.uint32))
+        print(f"resumed from {args.state} at step {start} ({seconds_before:.0f}s trained"
+              f"{', compact: optimizer restarted' if rewarm_from is not None else ''})", flush=True)
+
+    train_step = _train_step(graphdef, args.lr, args.sigma_shift, args.caption_dropout, args.ema)
+
+    batches = Batches(args.seed, args.batch_size, args.frames, args.size, args.workers,
+                      long_travel=args.long_travel, start=start)
     t0 = time.time()
-    losses = []
-    step = 0
-    compile_s = 0.0
+    step = start
+    finished = start >= args.steps or bool(args.time_limit and seconds_before >= args.time_limit)
     try:
-        for step in range(args.steps):
+        while not finished:
             clips, ids = batches.next()
             key, sub = jax.random.split(key)
-            progress = (time.time() - t0) / args.time_limit if args.time_limit else step / max(args.steps - 1, 1)
+            trained_s = seconds_before + time.time() - t0
+            progress = trained_s / args.time_limit if args.time_limit else step / max(args.steps - 1, 1)
             lr = learning_rate(args.lr, args.warmup, step, progress)
+            if rewarm_from is not None:
+                lr *= min(1.0, (step - rewarm_from + 1) / max(args.warmup, 1))
             params, opt_state, ema, loss, gn = train_step(params, opt_state, ema, clips, ids, sub, jnp.float32(step),
                                                           jnp.float32(lr))
             losses.append(loss)
-            if step == 0:  # the first step compiles: the time budget starts after it
+            if step == start:  # the leg's first step compiles: the time budget starts after it
                 jax.block_until_ready(loss)
                 compile_s = time.time() - t0
                 t0 = time.time()
-            if (step + 1) % args.log_every == 0 or step == 0:
+            step += 1
+            trained_s = seconds_before + time.time() - t0
+            if step % args.log_every == 0 or step == 1:
                 vals = [float(x) for x in jax.device_get(losses)]
                 losses = []
-                log["step"].append(step + 1)
+                log["step"].append(step)
                 log["loss"].append(float(np.mean(vals)))
                 log["grad_norm"].append(float(gn))
-                log["time"].append(time.time() - t0)
-                print(f"step {step + 1:6d}  loss {np.mean(vals):.4f}  |g| {float(gn):.3f}  lr {lr:.2e}  "
-                      f"{time.time() - t0:7.1f}s", flush=True)
-            if args.time_limit and time.time() - t0 > args.time_limit:
-                print(f"time limit {args.time_limit}s reached at step {step + 1}", flush=True)
+                log["time"].append(trained_s)
+                print(f"step {step:6d}  loss {np.mean(vals):.4f}  |g| {float(gn):.3f}  lr {lr:.2e}  "
+                      f"{trained_s:7.1f}s", flush=True)
+            finished = step >= args.steps or bool(args.time_limit and trained_s > args.time_limit)
+            if finished and args.time_limit and step < args.steps:
+                print(f"time limit {args.time_limit}s reached at step {step}", flush=True)
+            if (args.call_steps and step - start >= args.call_steps) or \
+                    (args.call_time_limit and time.time() - t0 > args.call_time_limit):
                 break
     finally:
         batches.close()
-    steps_done = step + 1
-    train_s = time.time() - t0
+    steps_done = step
+    train_s = seconds_before + (time.time() - t0 if step > start else 0.0)
+    if args.state:
+        trees = {"params": params, "ema": ema} if args.compact_state else {"params": params, "ema": ema,
+                                                                             "adam": opt_state}
+        train_state.save_state(args.state, trees, {
+            "step": steps_done, "train_seconds": train_s, "compile_seconds": compile_s, "seed": args.seed,
+            "key": np.asarray(jax.random.key_data(key)).tolist(), "log": log, "finished": finished,
+            "unlogged_losses": [float(x) for x in jax.device_get(losses)]})
+        print(f"training state at step {steps_done} written to {args.state}"
+              f"{'' if finished else ' (not finished: run the same command again to go on)'}", flush=True)
 
     model_ema = nnx.merge(graphdef, ema, nnx.state(model, nnx.Not(nnx.Param)))
     info = {"steps": steps_done, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-            "final_loss": log["loss"][-1] if log["loss"] else None, "train_seconds": train_s, "compile_seconds": compile_s, "params": n_params,
+            "final_loss": log["loss"][-1] if log["loss"] else None, "train_seconds": train_s,
+            "compile_seconds": compile_s, "params": n_params, "finished": finished,
             "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "command": args.command}
     save_model(model_ema, out / "weights.safetensors", info=info)
     _save_orbax(out / "ckpt", {"params": params, "ema": ema, "opt_state": opt_state}, steps_done)
     (out / "train_log.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     _plot(log, out / "loss.png")
     result = {"info": info}
-    if args.eval_prompts:
+    if args.eval_prompts and finished:
         result["eval"] = evaluate(model_ema, args.eval_prompts, seed=args.seed + 1, size=args.size, frames=args.frames,
                                   settings=args.eval_settings)
         (out / "eval.json").write_text(json.dumps(result["eval"], indent=1))
@@ -284,6 +343,13 @@ def main(argv=None) -> int:
     p.add_argument("--long-travel", action="store_true",
                    help="moving shapes cross most of the frame (start near the edge they leave)")
     p.add_argument("--small", action="store_true", help="a very small model (CPU smoke tests)")
+    p.add_argument("--state", default=None,
+                   help="resume from the training state in this folder if it holds one; write it there at the end")
+    p.add_argument("--call-steps", type=int, default=0, help="end this leg after this many steps (0: no limit)")
+    p.add_argument("--call-time-limit", type=float, default=0.0,
+                   help="end this leg after this many seconds of training (0: no limit)")
+    p.add_argument("--compact-state", action="store_true",
+                   help="leave the optimizer moments out of --state (resuming restarts the optimizer)")
     args = p.parse_args(argv)
     args.command = "python -m jaxvdm.models.shapes.train " + " ".join(argv if argv is not None else os.sys.argv[1:])
     train(args)
