@@ -191,11 +191,14 @@ def train(args) -> dict:
 
     train_step = _train_step(graphdef, args.lr, args.sigma_shift, args.caption_dropout, args.ema)
 
-    batches = Batches(args.seed, args.batch_size, args.frames, args.size, args.workers,
-                      long_travel=args.long_travel, start=start)
+    def run_done(step: int, trained_s: float) -> bool:  # the whole run's budget, over all legs
+        return step >= args.steps or bool(args.time_limit and trained_s >= args.time_limit)
+
+    finished = run_done(start, seconds_before)
+    batches = None if finished else Batches(args.seed, args.batch_size, args.frames, args.size, args.workers,
+                                            long_travel=args.long_travel, start=start)
     t0 = time.time()
     step = start
-    finished = start >= args.steps or bool(args.time_limit and seconds_before >= args.time_limit)
     try:
         while not finished:
             clips, ids = batches.next()
@@ -223,14 +226,15 @@ def train(args) -> dict:
                 log["time"].append(trained_s)
                 print(f"step {step:6d}  loss {np.mean(vals):.4f}  |g| {float(gn):.3f}  lr {lr:.2e}  "
                       f"{trained_s:7.1f}s", flush=True)
-            finished = step >= args.steps or bool(args.time_limit and trained_s > args.time_limit)
+            finished = run_done(step, trained_s)
             if finished and args.time_limit and step < args.steps:
                 print(f"time limit {args.time_limit}s reached at step {step}", flush=True)
             if (args.call_steps and step - start >= args.call_steps) or \
                     (args.call_time_limit and time.time() - t0 > args.call_time_limit):
                 break
     finally:
-        batches.close()
+        if batches is not None:
+            batches.close()
     steps_done = step
     train_s = seconds_before + (time.time() - t0 if step > start else 0.0)
     if args.state:
@@ -286,9 +290,11 @@ def _save_orbax(path: Path, tree, step: int) -> None:
     """Saves ``tree`` (params, EMA, optimizer state) with orbax as a flat ``{key path: array}`` dict."""
     import orbax.checkpoint as ocp
 
+    from jaxvdm.models.shapes.train_state import flatten_tree
+
     path = path.absolute()
     path.mkdir(parents=True, exist_ok=True)
-    flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(tree))}
+    flat = flatten_tree(tree)
     ocp.PyTreeCheckpointer().save(path / f"step_{step}", flat, force=True)
 
 

@@ -26,13 +26,14 @@ import numpy as np
 
 from jaxvdm.models.checkpoint import CheckpointError, read_safetensors, write_safetensors
 
-__all__ = ["save_state", "load_state", "has_state", "STATE_FILE"]
+__all__ = ["save_state", "load_state", "has_state", "flatten_tree", "STATE_FILE"]
 
 STATE_FILE = "state.json"
 _SHARD_BYTES = 15 * 2**20
 
 
-def _flat(tree) -> dict[str, np.ndarray]:
+def flatten_tree(tree) -> dict[str, np.ndarray]:
+    """``{key path (jax.tree_util.keystr): numpy array}`` of a pytree's leaves, fetched to the host."""
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
             jax.tree_util.tree_leaves_with_path(jax.device_get(tree))}
 
@@ -63,7 +64,7 @@ def save_state(directory: str | os.PathLike, trees: dict, meta: dict, *, shard_b
     tmp.mkdir(parents=True)
     files = {}
     for name, tree in trees.items():
-        flat = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in _flat(tree).items()}
+        flat = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in flatten_tree(tree).items()}
         files[name] = _write_shards(tmp, name, flat, shard_bytes)
     (tmp / STATE_FILE).write_text(json.dumps({**meta, "files": files}, indent=1))
     old = directory.with_name(directory.name + ".old")
