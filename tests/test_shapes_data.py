@@ -191,6 +191,28 @@ def test_sample_batch_deterministic_consistent_and_fast():
     assert best < 0.25, f"a batch of 64 clips took {best:.3f}s"
 
 
+@pytest.mark.parametrize("frames,size", [(16, 32), (5, 24)])
+def test_device_renderer_draws_what_the_numpy_renderer_draws(frames, size):
+    """Training renders on the accelerator from spec arrays: every motion, shape, colour, background, one or
+    two shapes, long travel or not, must give the numpy renderer's pixels to float32 rounding."""
+    import jax
+
+    from jaxvdm.models.shapes import device_render
+
+    rng = np.random.default_rng(3)
+    specs = [data.sample_spec(rng, two_shapes=i % 3 == 0, long_travel=i % 2 == 0) for i in range(120)]
+    ref, _ = data.render_batch(specs, frames, size)
+    got = np.asarray(jax.jit(device_render.render, static_argnums=(1, 2))(device_render.spec_arrays(specs), frames,
+                                                                            size))
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    one = [s for s in specs if len(s.objects) == 1][:7]  # a one-shape batch padded to two shapes: the same
+    padded = np.asarray(device_render.render(device_render.spec_arrays(one, max_objects=2), frames, size))
+    np.testing.assert_allclose(padded, data.render_batch(one, frames, size)[0], atol=1e-4)
+    with pytest.raises(ValueError, match="max_objects"):
+        device_render.spec_arrays([next(s for s in specs if len(s.objects) == 2)], max_objects=1)
+
+
 def _timed(fn):
     t = time.perf_counter()
     fn()

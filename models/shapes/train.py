@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxvdm.models.shapes import data
+from jaxvdm.models.shapes import data, device_render
 from jaxvdm.models.shapes.model import init_model, save_model
 from jaxvdm.models.wan.config import WanConfig
 
@@ -48,13 +48,18 @@ __all__ = ["main", "train"]
 
 
 def _batch_worker(args):
+    """One batch as spec arrays and token ids: the specs of ``data.sample_batch(seed, ...)``, rendered later on
+    the accelerator (:mod:`jaxvdm.models.shapes.device_render`)."""
     seed, batch, frames, size, long_travel = args
-    clips, captions, ids = data.sample_batch(seed, batch, num_frames=frames, size=size, long_travel=long_travel)
-    return np.asarray(clips, np.float32), np.asarray(ids, np.int32)
+    rng = data.to_rng(seed)
+    specs = [data.sample_spec(rng, long_travel=long_travel) for _ in range(batch)]
+    ids = data.tokenize_batch([data.caption(s) for s in specs], data.MAX_LEN)
+    return device_render.spec_arrays(specs, max_objects=1), np.asarray(ids, np.int32)
 
 
 class Batches:
-    """Prefetches training batches from worker processes; batch ``i`` comes from seed ``(seed, i)``."""
+    """Prefetches training batches (spec arrays and token ids) from worker processes; batch ``i`` comes from
+    seed ``(seed, i)``."""
 
     def __init__(self, seed: int, batch: int, frames: int, size: int, workers: int, prefetch: int = 16,
                  long_travel: bool = False, start: int = 0):
@@ -122,14 +127,15 @@ def _optimizer(lr: float):
 
 
 @functools.lru_cache(maxsize=8)
-def _train_step(graphdef, lr: float, sigma_shift: float, caption_dropout: float, ema_decay: float):
+def _train_step(graphdef, lr: float, sigma_shift: float, caption_dropout: float, ema_decay: float, frames: int,
+                size: int):
     """The jitted training step for one model structure and objective; cached, so that the legs of a run
     in one process (and repeated calls of :func:`train`) compile it once."""
     tx = _optimizer(lr)
 
-    def loss_fn(params, clips, ids, key):
+    def loss_fn(params, specs, ids, key):
         m = nnx.merge(graphdef, params)
-        x0 = jnp.transpose(clips, (0, 4, 1, 2, 3))
+        x0 = jnp.transpose(device_render.render(specs, frames, size), (0, 4, 1, 2, 3))
         k1, k2, k3 = jax.random.split(key, 3)
         b = x0.shape[0]
         sigma = sample_sigma(k1, b, sigma_shift)
@@ -141,9 +147,9 @@ def _train_step(graphdef, lr: float, sigma_shift: float, caption_dropout: float,
         v = m.transformer(xt, sigma * 1000.0, m.text(ids))
         return jnp.mean(jnp.square(v - (eps - x0)))
 
-    def train_step(params, opt_state, ema, clips, ids, key, step, lr):
+    def train_step(params, opt_state, ema, specs, ids, key, step, lr):
         opt_state[1].hyperparams["learning_rate"] = lr
-        loss, grads = jax.value_and_grad(loss_fn)(params, clips, ids, key)
+        loss, grads = jax.value_and_grad(loss_fn)(params, specs, ids, key)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
@@ -189,26 +195,36 @@ def train(args) -> dict:
         print(f"resumed from {args.state} at step {start} ({seconds_before:.0f}s trained"
               f"{', compact: optimizer restarted' if rewarm_from is not None else ''})", flush=True)
 
-    train_step = _train_step(graphdef, args.lr, args.sigma_shift, args.caption_dropout, args.ema)
+    train_step = _train_step(graphdef, args.lr, args.sigma_shift, args.caption_dropout, args.ema, args.frames,
+                             args.size)
 
     def run_done(step: int, trained_s: float) -> bool:  # the whole run's budget, over all legs
         return step >= args.steps or bool(args.time_limit and trained_s >= args.time_limit)
 
+    def save(step_: int, trained_s: float, finished_: bool) -> None:
+        trees = {"params": params, "ema": ema} if args.compact_state else {"params": params, "ema": ema,
+                                                                             "adam": opt_state}
+        train_state.save_state(args.state, trees, {
+            "step": step_, "train_seconds": trained_s, "compile_seconds": compile_s, "seed": args.seed,
+            "key": np.asarray(jax.random.key_data(key)).tolist(), "log": log, "finished": finished_,
+            "unlogged_losses": [float(x) for x in jax.device_get(losses)]})
+
     finished = run_done(start, seconds_before)
+    last_save = time.time()
     batches = None if finished else Batches(args.seed, args.batch_size, args.frames, args.size, args.workers,
                                             long_travel=args.long_travel, start=start)
     t0 = time.time()
     step = start
     try:
         while not finished:
-            clips, ids = batches.next()
+            specs, ids = batches.next()
             key, sub = jax.random.split(key)
             trained_s = seconds_before + time.time() - t0
             progress = trained_s / args.time_limit if args.time_limit else step / max(args.steps - 1, 1)
             lr = learning_rate(args.lr, args.warmup, step, progress)
             if rewarm_from is not None:
                 lr *= min(1.0, (step - rewarm_from + 1) / max(args.warmup, 1))
-            params, opt_state, ema, loss, gn = train_step(params, opt_state, ema, clips, ids, sub, jnp.float32(step),
+            params, opt_state, ema, loss, gn = train_step(params, opt_state, ema, specs, ids, sub, jnp.float32(step),
                                                           jnp.float32(lr))
             losses.append(loss)
             if step == start:  # the leg's first step compiles: the time budget starts after it
@@ -229,6 +245,9 @@ def train(args) -> dict:
             finished = run_done(step, trained_s)
             if finished and args.time_limit and step < args.steps:
                 print(f"time limit {args.time_limit}s reached at step {step}", flush=True)
+            if args.state and args.save_every and not finished and time.time() - last_save > args.save_every:
+                save(step, trained_s, False)  # a snapshot to resume from if this process is lost
+                last_save = time.time()
             if (args.call_steps and step - start >= args.call_steps) or \
                     (args.call_time_limit and time.time() - t0 > args.call_time_limit):
                 break
@@ -238,12 +257,7 @@ def train(args) -> dict:
     steps_done = step
     train_s = seconds_before + (time.time() - t0 if step > start else 0.0)
     if args.state:
-        trees = {"params": params, "ema": ema} if args.compact_state else {"params": params, "ema": ema,
-                                                                             "adam": opt_state}
-        train_state.save_state(args.state, trees, {
-            "step": steps_done, "train_seconds": train_s, "compile_seconds": compile_s, "seed": args.seed,
-            "key": np.asarray(jax.random.key_data(key)).tolist(), "log": log, "finished": finished,
-            "unlogged_losses": [float(x) for x in jax.device_get(losses)]})
+        save(steps_done, train_s, finished)
         print(f"training state at step {steps_done} written to {args.state}"
               f"{'' if finished else ' (not finished: run the same command again to go on)'}", flush=True)
 
@@ -354,6 +368,8 @@ def main(argv=None) -> int:
     p.add_argument("--call-steps", type=int, default=0, help="end this leg after this many steps (0: no limit)")
     p.add_argument("--call-time-limit", type=float, default=0.0,
                    help="end this leg after this many seconds of training (0: no limit)")
+    p.add_argument("--save-every", type=float, default=0.0,
+                   help="also write --state every this many seconds while training (0: only at the end)")
     p.add_argument("--compact-state", action="store_true",
                    help="leave the optimizer moments out of --state (resuming restarts the optimizer)")
     args = p.parse_args(argv)
