@@ -1,6 +1,6 @@
 """Fidelity and communication of every strategy on the shipped shapes model, against the exact run.
 
-    python benchmarks/fidelity.py --prompts 2 --json docs/fidelity_cpu.json
+    python benchmarks/fidelity.py --prompts 4 --random-prompts 8 --json docs/fidelity_cpu.json
 
 Runs on 8 simulated CPU devices (set before JAX loads). For each strategy and mesh it generates the same
 prompts from the same seeds and reports, against the single-device output: the largest latent error,
@@ -8,7 +8,9 @@ the PSNR of the uint8 frames, and the bytes each device sends per compiled progr
 optimised HLO: a denoising step for the per-step strategies, a round for ParaStep, the whole pipeline
 for DualParal). Exact strategies must show float-rounding errors only; approximate ones show what they
 change. The DualParal pipeline is also compared with its serial oracle (the same block-wise algorithm
-on one device), which it must equal.
+on one device), which it must equal. Every output is also scored by the shapes evaluator against its
+caption (the ``adherent`` column: colour, shape and motion all right), which says whether a strategy's
+change matters for what the clip shows. ``--only REGEX`` runs the configurations whose label matches.
 """
 
 from __future__ import annotations
@@ -45,6 +47,19 @@ CONFIGS = [  # (label, strategy, mesh axes, options)
 
 PROMPTS = ["a red circle moving left on a dark background", "a big blue square moving down on a light background",
            "a green triangle growing on a gradient background", "a small yellow circle bouncing horizontally"]
+
+
+def _random_captions(n: int, seed: int = 7) -> list[str]:
+    from jaxvdm.models.shapes import data
+
+    rng = np.random.default_rng(seed)
+    return [data.caption(data.sample_spec(rng)) for _ in range(n)]
+
+
+def _adherence(videos, prompts) -> float:
+    from jaxvdm.models.shapes import evaluate as ev
+
+    return float(np.mean([ev.score_clip(v.frames, pr)["adherent"] for v, pr in zip(videos, prompts)]))
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -86,7 +101,7 @@ def _reuse_only_rows(prompts, refs, kw) -> list[dict]:
     f = jax.jit(den.predict_fn(None))
     rows = []
     for n in (2, 4):
-        errs, psnrs = [], []
+        errs, psnrs, videos = [], [], []
         for i, pr in enumerate(prompts):
             ctx = pipe.encode_text([pr, d.get("negative_prompt", "")])
             noise = jax.random.normal(jax.random.PRNGKey(i), refs[i].latents.shape, jnp.float32)
@@ -96,31 +111,82 @@ def _reuse_only_rows(prompts, refs, kw) -> list[dict]:
             v = Video.from_float(np.asarray(pipe.decode(jnp.asarray(x), None))[0], fps=8)
             errs.append(float(np.max(np.abs(x - refs[i].latents))))
             psnrs.append(_psnr(v.frames, refs[i].frames))
+            videos.append(v)
         row = dict(strategy=f"reuse-only baseline N={n} W=5 (1 device)", mesh={}, max_latent_error=max(errs),
-                   psnr_db=float(np.mean(psnrs)), comm_bytes_per_device={}, seconds=float("nan"))
+                   psnr_db=float(np.mean(psnrs)), adherent=_adherence(videos, prompts), comm_bytes_per_device={},
+                   seconds=float("nan"))
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
 
 
+def _host() -> str:
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _report(result: dict, json_path: str | None) -> None:
+    """Prints the markdown table of ``result["rows"]`` and writes ``result`` to ``json_path`` (if given)."""
+    print()
+    print(f"shapes model, {len(result['prompts'])} prompts, {result['steps']} steps, 8 simulated CPU devices, "
+          f"jax {result['jax']}, {result['host']}")
+    print("| strategy | mesh | max latent error vs single | PSNR vs single (dB) | adherent | bytes sent per device per program |")
+    print("|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        mesh = ",".join(f"{k}={v}" for k, v in r["mesh"].items()) or "none"
+        comm_s = "; ".join(f"{k.split('_')[0]}: {v / 1024:.0f} KiB" for k, v in r["comm_bytes_per_device"].items()) or "0"
+        extra = f" (vs oracle {r['max_error_vs_oracle']:.1e})" if "max_error_vs_oracle" in r else ""
+        print(f"| {r['strategy']} | {mesh} | {r['max_latent_error']:.2e}{extra} | {r['psnr_db']:.1f} | "
+              f"{100 * r['adherent']:.0f} % | {comm_s} |")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+
+
+def merge(paths: list[str], json_path: str | None) -> dict:
+    """Joins the results of runs split with ``--only`` (same prompts and steps) into one, in CONFIGS order."""
+    parts = [json.loads(Path(q).read_text()) for q in paths]
+    for q, r in zip(paths[1:], parts[1:]):
+        if (r["prompts"], r["steps"]) != (parts[0]["prompts"], parts[0]["steps"]):
+            raise ValueError(f"{q}: its prompts or steps differ from {paths[0]}'s; merge runs of one command only")
+    order = ["single (1 device)"] + [c[0] for c in CONFIGS]
+    rows = {r["strategy"]: r for part in parts for r in part["rows"]}
+    ranked = sorted(rows.values(), key=lambda r: (order.index(r["strategy"]) if r["strategy"] in order else len(order),
+                                                  r["strategy"]))
+    result = dict(parts[0], rows=ranked, command=[r["command"] for r in parts])
+    _report(result, json_path)
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--prompts", type=int, default=2)
+    p.add_argument("--prompts", type=int, default=2, help=f"how many of the {len(PROMPTS)} fixed prompts")
+    p.add_argument("--random-prompts", type=int, default=0, help="more prompts drawn from the caption grammar")
+    p.add_argument("--only", default=None, help="run only the configurations whose label matches this regex")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="join the JSON of runs split with --only")
     args = p.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.json)
+        return 0
 
     import jax
 
     import jaxvdm
     from jaxvdm.sharding import make_mesh
 
-    prompts = PROMPTS[: args.prompts]
+    prompts = PROMPTS[: args.prompts] + _random_captions(args.random_prompts)
     kw = {} if args.steps is None else {"steps": args.steps}
+    t0 = time.perf_counter()
     refs = [jaxvdm.generate(pr, seed=i, **kw) for i, pr in enumerate(prompts)]
+    rows = [dict(strategy="single (1 device)", mesh={}, max_latent_error=0.0, psnr_db=float("inf"),
+                 adherent=_adherence(refs, prompts), comm_bytes_per_device={},
+                 seconds=(time.perf_counter() - t0) / len(prompts))]
+    print(json.dumps(rows[0]), flush=True)
     oracle = None
-    rows = []
-    for label, strategy, axes, options in CONFIGS:
+    configs = [c for c in CONFIGS if args.only is None or re.search(args.only, c[0])]
+    for label, strategy, axes, options in configs:
         mesh = make_mesh(**axes) if axes else None
         errs, psnrs, secs = [], [], []
         comm_bytes = {}
@@ -137,7 +203,7 @@ def main(argv=None) -> int:
             errs.append(float(np.max(np.abs(v.latents - refs[i].latents))))
             psnrs.append(_psnr(v.frames, refs[i].frames))
         row = dict(strategy=label, mesh=axes or {}, max_latent_error=max(errs), psnr_db=float(np.mean(psnrs)),
-                   comm_bytes_per_device=comm_bytes, seconds=float(np.median(secs)))
+                   adherent=_adherence(outs, prompts), comm_bytes_per_device=comm_bytes, seconds=float(np.median(secs)))
         if strategy == "dualparal":
             if mesh is None:
                 oracle = outs
@@ -146,21 +212,11 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    rows += _reuse_only_rows(prompts, refs, kw)
+    if args.only is None or re.search(args.only, "reuse-only baseline"):
+        rows += _reuse_only_rows(prompts, refs, kw)
 
-    print()
-    print(f"shapes model, {len(prompts)} prompts, {refs[0].settings['steps']} steps, 8 simulated CPU devices, "
-          f"jax {jax.__version__}")
-    print(f"| strategy | mesh | max latent error vs single | PSNR vs single (dB) | bytes sent per device per program |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        mesh = ",".join(f"{k}={v}" for k, v in r["mesh"].items()) or "none"
-        comm_s = "; ".join(f"{k.split('_')[0]}: {v / 1024:.0f} KiB" for k, v in r["comm_bytes_per_device"].items()) or "0"
-        extra = f" (vs oracle {r['max_error_vs_oracle']:.1e})" if "max_error_vs_oracle" in r else ""
-        print(f"| {r['strategy']} | {mesh} | {r['max_latent_error']:.2e}{extra} | {r['psnr_db']:.1f} | {comm_s} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"jax": jax.__version__, "prompts": prompts, "command": " ".join(sys.argv),
-                                               "rows": rows}, indent=1))
+    _report(dict(jax=jax.__version__, host=_host(), steps=refs[0].settings["steps"], prompts=prompts,
+                 command=" ".join(sys.argv), rows=rows), args.json)
     return 0
 
 

@@ -42,17 +42,19 @@ def test_shipped_model_denoises_far_better_than_untrained(shipped, sigma):
     assert trained < 0.03
 
 
-def test_shipped_model_follows_colour_and_background(shipped):
-    """The attributes the shipped model has learned (docs/shapes/README.md): colour and background."""
+def test_shipped_model_follows_its_captions(shipped):
+    """Colour, shape and motion all right (the evaluator's ``adherent``) on random captions, at few steps.
+
+    At the default 20 steps the shipped model is adherent on 99.6 % of 1,024 captions
+    (docs/shapes/adherence_gpu.json); 6 steps keep this fast and still follow every caption tried."""
     from jaxvdm.models.shapes.sample import sample_clips
 
     rng = np.random.default_rng(7)
-    specs = [data.sample_spec(rng) for _ in range(4)]
-    captions = [data.caption(s) for s in specs]
-    clips = np.asarray(sample_clips(shipped, data.tokenize_batch(captions), jax.random.key(0), steps=8, shift=3.0))
-    scores = ev.score_batch(clips, captions)
-    assert scores["colour_right"] >= 3 / 4, scores
-    assert scores["found_fraction"] > 0.9, scores
+    captions = [data.caption(data.sample_spec(rng)) for _ in range(6)]
+    clips = np.asarray(sample_clips(shipped, data.tokenize_batch(captions), jax.random.key(0), steps=6, shift=3.0))
+    scores = [ev.score_clip(c, t) for c, t in zip(clips, captions)]
+    missed = [(t, s["colour"], s["shape"], s["motion"]) for t, s in zip(captions, scores) if not s["adherent"]]
+    assert len(missed) <= 1, missed
 
 
 def test_load_model_is_strict(tmp_path):
