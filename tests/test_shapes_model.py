@@ -12,7 +12,7 @@ import pytest
 from jaxvdm.models.checkpoint import CheckpointError, read_safetensors, write_safetensors
 from jaxvdm.models.shapes import data
 from jaxvdm.models.shapes import evaluate as ev
-from jaxvdm.models.shapes.model import WEIGHTS_PATH, init_model, load_model, preset
+from jaxvdm.models.shapes.model import WEIGHTS_PATH, load_model, preset
 from jaxvdm.models.wan.config import WanConfig
 
 
@@ -26,31 +26,33 @@ def test_shipped_weights_match_the_preset_and_size_budget(shipped):
     assert shipped.transformer.config == WanConfig.from_dict(preset()["transformer"])
 
 
-def _x0_error(model, sigma: float) -> float:
-    clips, _, ids = data.sample_batch(123, 8)
-    x0 = jnp.transpose(jnp.asarray(clips), (0, 4, 1, 2, 3))
+def test_shipped_model_denoises_far_better_than_predicting_no_change(shipped):
+    """x0 predicted from clips noised to sigma 0.3 and 0.7, against keeping the noisy clip (v = 0).
+
+    The shipped model's error is about 1e-3 of that baseline; weights loaded into the wrong tensors (or
+    untrained ones) do no better than the baseline."""
+    clips, _, ids = data.sample_batch(123, 4)
+    x0 = jnp.tile(jnp.transpose(jnp.asarray(clips), (0, 4, 1, 2, 3)), (2, 1, 1, 1, 1))
+    sigma = jnp.repeat(jnp.asarray([0.3, 0.7]), 4)[:, None, None, None, None]
     eps = jax.random.normal(jax.random.key(0), x0.shape)
     xt = (1 - sigma) * x0 + sigma * eps
-    v = model.transformer(xt, jnp.full((8,), sigma * 1000.0), model.text(jnp.asarray(ids)))
-    return float(jnp.mean((xt - sigma * v - x0) ** 2))
-
-
-@pytest.mark.parametrize("sigma", [0.3, 0.7])
-def test_shipped_model_denoises_far_better_than_untrained(shipped, sigma):
-    trained, untrained = _x0_error(shipped, sigma), _x0_error(init_model(1), sigma)
-    assert trained < 0.1 * untrained, (trained, untrained)
-    assert trained < 0.03
+    v = shipped.transformer(xt, 1000.0 * sigma[:, 0, 0, 0, 0], shipped.text(jnp.tile(jnp.asarray(ids), (2, 1))))
+    err = jnp.mean((xt - sigma * v - x0) ** 2, axis=(1, 2, 3, 4)).reshape(2, 4).mean(axis=1)
+    baseline = jnp.mean((xt - x0) ** 2, axis=(1, 2, 3, 4)).reshape(2, 4).mean(axis=1)
+    assert bool(jnp.all(err < 0.02 * baseline)), (err, baseline)
+    assert bool(jnp.all(err < 0.01)), err
 
 
 def test_shipped_model_follows_its_captions(shipped):
     """Colour, shape and motion all right (the evaluator's ``adherent``) on random captions, at few steps.
 
     At the default 20 steps the shipped model is adherent on 99.6 % of 1,024 captions
-    (docs/shapes/adherence_gpu.json); 6 steps keep this fast and still follow every caption tried."""
+    (docs/shapes/adherence_gpu.json); 4 captions at 6 steps keep this fast and still follow the caption
+    nearly always (one miss allowed); untrained weights follow none."""
     from jaxvdm.models.shapes.sample import sample_clips
 
     rng = np.random.default_rng(7)
-    captions = [data.caption(data.sample_spec(rng)) for _ in range(6)]
+    captions = [data.caption(data.sample_spec(rng)) for _ in range(4)]
     clips = np.asarray(sample_clips(shipped, data.tokenize_batch(captions), jax.random.key(0), steps=6, shift=3.0))
     scores = [ev.score_clip(c, t) for c, t in zip(clips, captions)]
     missed = [(t, s["colour"], s["shape"], s["motion"]) for t, s in zip(captions, scores) if not s["adherent"]]
