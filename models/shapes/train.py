@@ -126,6 +126,11 @@ def _optimizer(lr: float):
                        optax.inject_hyperparams(optax.adamw)(learning_rate=lr, b1=0.9, b2=0.99, weight_decay=0.01))
 
 
+def _global_norm(tree) -> jax.Array:
+    """The L2 norm of all leaves of ``tree`` taken together: a float32 scalar."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 @functools.lru_cache(maxsize=8)
 def _train_step(graphdef, lr: float, sigma_shift: float, caption_dropout: float, ema_decay: float, frames: int,
                 size: int):
@@ -154,7 +159,7 @@ def _train_step(graphdef, lr: float, sigma_shift: float, caption_dropout: float,
         params = optax.apply_updates(params, updates)
         decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
         ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
-        return params, opt_state, ema, loss, optax.global_norm(grads)
+        return params, opt_state, ema, loss, _global_norm(grads)
 
     return jax.jit(train_step)
 
