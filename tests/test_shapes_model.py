@@ -29,8 +29,9 @@ def test_shipped_weights_match_the_preset_and_size_budget(shipped):
 def test_shipped_model_denoises_far_better_than_predicting_no_change(shipped):
     """x0 predicted from clips noised to sigma 0.3 and 0.7, against keeping the noisy clip (v = 0).
 
-    The shipped model's error is about 1e-3 of that baseline; weights loaded into the wrong tensors (or
-    untrained ones) do no better than the baseline."""
+    The shipped model's error is about 0.002 of that baseline (MSE 2.1e-4 at sigma 0.3, 1.2e-3 at 0.7,
+    against 0.12 and 0.67); weights loaded into the wrong tensors (or untrained ones) do no better than
+    the baseline."""
     clips, _, ids = data.sample_batch(123, 4)
     x0 = jnp.tile(jnp.transpose(jnp.asarray(clips), (0, 4, 1, 2, 3)), (2, 1, 1, 1, 1))
     sigma = jnp.repeat(jnp.asarray([0.3, 0.7]), 4)[:, None, None, None, None]
