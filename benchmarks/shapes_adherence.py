@@ -37,14 +37,10 @@ def _breakdown(scores: list[dict], captions: list[str]) -> dict:
 
 
 def _summary(scores: list[dict]) -> dict:
+    """The evaluator's means of ``scores``, rounded to 4 places for the JSON."""
     from jaxvdm.models.shapes import evaluate as ev
 
-    out = {}
-    for key in ev._MEAN_KEYS:
-        vals = [float(s[key]) for s in scores if s[key] is not None]
-        out[key] = round(float(np.mean(vals)), 4) if vals else None
-    out["n"] = len(scores)
-    return out
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in ev.mean_scores(scores).items()}
 
 
 def main(argv=None) -> int:

@@ -49,7 +49,7 @@ from scipy import ndimage
 
 from jaxvdm.models.shapes import data
 
-__all__ = ["score_clip", "score_batch", "analyse_clip", "classify_shape", "classify_motion", "THRESHOLDS"]
+__all__ = ["score_clip", "score_batch", "mean_scores", "analyse_clip", "classify_shape", "classify_motion", "THRESHOLDS"]
 
 THRESHOLDS = dict(
     core_alpha=(0.5, 1.6),     # alpha range of a core pixel
@@ -407,7 +407,14 @@ def score_batch(clips, captions) -> dict:
     if clips.ndim != 5 or len(captions) != clips.shape[0]:
         raise ValueError(f"expected clips [B, F, H, W, 3] and B captions, got shape {clips.shape} and "
                          f"{len(captions)} captions")
-    scores = [score_clip(c, t) for c, t in zip(clips, captions)]
+    return mean_scores([score_clip(c, t) for c, t in zip(clips, captions)])
+
+
+def mean_scores(scores: list[dict]) -> dict:
+    """Means of a list of :func:`score_clip` results, as :func:`score_batch` returns them.
+
+    For callers that keep the per-clip scores as well (to list the failures) and must not score twice.
+    """
     out: dict = {}
     for key in _MEAN_KEYS:
         vals = [float(s[key]) for s in scores if s[key] is not None]
