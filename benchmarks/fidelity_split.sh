@@ -11,6 +11,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+. "$ROOT/benchmarks/assemble_package.sh"
 OUT=${OUT:-/tmp/fidelity_out}
 RUN=/tmp/fidelity_split
 PY=${PYTHON:-python3}
@@ -18,9 +19,7 @@ mkdir -p "$OUT" "$RUN"
 PARTS=('^(cfg|ulysses|ring|cfg\+ulysses|fsdp)$' '^lp' '^parastep' 'dualparal|reuse')
 
 if [ "${MODE:-watch}" = start ]; then
-  rm -rf /tmp/jvsrc && mkdir -p /tmp/jvsrc   # the package assembled as installed (jaxvdm.models, ...)
-  cp -r "$ROOT/jaxvdm" /tmp/jvsrc/ && cp -r "$ROOT/models" /tmp/jvsrc/jaxvdm/models \
-    && cp -r "$ROOT/sharding" /tmp/jvsrc/jaxvdm/sharding && cp -r "$ROOT/configs" /tmp/jvsrc/jaxvdm/configs
+  assemble_jaxvdm "$ROOT"
   cd "$RUN"
   for i in 0 1 2 3; do
     PIN=""; command -v taskset >/dev/null && PIN="taskset -c $((4 * i))-$((4 * i + 3))"

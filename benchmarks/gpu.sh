@@ -19,6 +19,7 @@
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+. "$ROOT/benchmarks/assemble_package.sh"
 OUT=${OUT:-/tmp/bench_out}
 mkdir -p "$OUT"
 START=$(date +%s)
@@ -73,9 +74,7 @@ fi
 # (run from /tmp: in the repository root, its jaxvdm/ folder would shadow the assembled package)
 cd /tmp
 if ! $PY -c "import jaxvdm.models" 2>/dev/null; then
-  rm -rf /tmp/jvsrc && mkdir -p /tmp/jvsrc
-  cp -r "$ROOT/jaxvdm" /tmp/jvsrc/ && cp -r "$ROOT/models" /tmp/jvsrc/jaxvdm/models \
-    && cp -r "$ROOT/sharding" /tmp/jvsrc/jaxvdm/sharding && cp -r "$ROOT/configs" /tmp/jvsrc/jaxvdm/configs
+  assemble_jaxvdm "$ROOT"
   export PYTHONPATH=/tmp/jvsrc${PYTHONPATH:+:$PYTHONPATH}
 fi
 

@@ -19,6 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+. "$ROOT/benchmarks/assemble_package.sh"
 OUT=${OUT:-/tmp/shapes_gpu_out}
 RUN=/tmp/shapes_gpu
 MODE=${MODE:-watch}
@@ -27,9 +28,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUN"
 
 if [ "$MODE" = start ]; then
-  rm -rf /tmp/jvsrc && mkdir -p /tmp/jvsrc   # the package assembled as installed (jaxvdm.models, ...)
-  cp -r "$ROOT/jaxvdm" /tmp/jvsrc/ && cp -r "$ROOT/models" /tmp/jvsrc/jaxvdm/models \
-    && cp -r "$ROOT/sharding" /tmp/jvsrc/jaxvdm/sharding && cp -r "$ROOT/configs" /tmp/jvsrc/jaxvdm/configs
+  assemble_jaxvdm "$ROOT"
   if [ -f "$ROOT/.train_state/state/state.json" ] && [ ! -f "$RUN/state/state.json" ]; then
     cp -r "$ROOT/.train_state/state" "$RUN/state"
     echo "resuming from the carried state: $(grep -o '"step": [0-9]*' "$RUN/state/state.json" | head -1)"
