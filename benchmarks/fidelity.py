@@ -88,8 +88,8 @@ def _reuse_only_rows(prompts, refs, kw) -> list[dict]:
     import jax.numpy as jnp
 
     from jaxvdm.pipeline import get_pipeline
-    from jaxvdm.schedulers import make_scheduler
-    from jaxvdm.sharding import parastep
+    from jaxvdm.models.schedulers import make_scheduler
+    from jaxvdm.sharding import parastep, sampling
     from jaxvdm.sharding.registry import resolve
     from jaxvdm.video import Video
 
@@ -97,7 +97,7 @@ def _reuse_only_rows(prompts, refs, kw) -> list[dict]:
     d = pipe.defaults
     steps = kw.get("steps", d["steps"])
     sched = make_scheduler(d["scheduler"], steps, d["flow_shift"])
-    den = pipe.denoiser(resolve("single", None), None, None)
+    den = sampling.placed(pipe.transformer, resolve("single", None), None)
     f = jax.jit(den.predict_fn(None))
     rows = []
     for n in (2, 4):

@@ -116,11 +116,22 @@ if has_part b && [ "$NGPU" -gt 1 ] && [ "$(left)" -gt 60 ]; then
     BASE="--baseline-from $A_JSON"
   fi
   T=$(($(left) - 15))
-  echo "== (b) $M ${SIZE}x$FRAMES strategies on $NGPU devices (timeout ${T}s)"
-  timeout -k 15 "$T" $BENCH --model $M --size $SIZE --frames $FRAMES $COMMON $BASE \
-    --strategies ${BENCH_STRATEGIES:-cfg,ulysses,lp,cfg+ulysses,ring,parastep,dualparal} --opt overlap=${BENCH_LP_OVERLAP:-0.25} --warmup 1 --repeats 3 \
-    --e2e-steps $E2E --e2e-runs 1 --dualparal-frames $DPFRAMES --dualparal-steps $DPSTEPS \
-    --json "$OUT/b_strategies.json" 2>&1 | tee "$OUT/b.log"
+  STRATS=${BENCH_STRATEGIES:-cfg,ulysses,lp,cfg+ulysses,ring,parastep,dualparal}
+  OTHERS=$(echo "$STRATS" | tr ',' '\n' | grep -v '^dualparal' | paste -sd, -)
+  DUAL=$(echo "$STRATS" | tr ',' '\n' | grep '^dualparal' | paste -sd, -)
+  if [ -n "$OTHERS" ]; then
+    echo "== (b) $M ${SIZE}x$FRAMES $OTHERS on $NGPU devices (timeout ${T}s)"
+    timeout -k 15 "$T" $BENCH --model $M --size $SIZE --frames $FRAMES $COMMON $BASE \
+      --strategies "$OTHERS" --opt overlap=${BENCH_LP_OVERLAP:-0.25} --warmup 1 --repeats 3 \
+      --e2e-steps $E2E --e2e-runs 1 --json "$OUT/b_strategies.json" 2>&1 | tee "$OUT/b.log"
+  fi
+  if [ -n "$DUAL" ] && [ "$(left)" -gt 60 ]; then
+    T=$(($(left) - 15))
+    echo "== (b) $M ${SIZE}x$DPFRAMES $DUAL on $NGPU devices, $DPSTEPS steps (timeout ${T}s)"
+    timeout -k 15 "$T" $BENCH --model $M --size $SIZE --frames $FRAMES $COMMON --no-baseline \
+      --strategies "$DUAL" --e2e-frames $DPFRAMES --e2e-steps $DPSTEPS --e2e-runs 1 \
+      --json "$OUT/b_dualparal.json" 2>&1 | tee "$OUT/b_dualparal.log"
+  fi
 fi
 
 # -- (r) Ring attention's cuDNN kernel checked, then ring and ulysses timed beside the single step ---------

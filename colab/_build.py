@@ -660,10 +660,10 @@ WAN = [
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxvdm.models.wan.loader import abstract_transformer, count_parameters
+    from jaxvdm.models.wan.transformer import abstract_transformer, count_parameters
     from jaxvdm.models.wan.text_encoder import UMT5EncoderConfig, text_encoder_tensor_shapes
     from jaxvdm.models.wan.vae import WanVAEConfig, diffusers_tensor_shapes as vae_tensor_shapes
-    from jaxvdm.presets import wan_config
+    from jaxvdm.models.presets import wan_config
 
     GiB = 2**30
     BF16 = 2  # bytes per parameter
@@ -832,8 +832,8 @@ WAN = [
     def write_tiny_wan(root):
         # a random-weight Wan2.1 folder in the diffusers layout, from the tensor lists jaxvdm checks against
         from jaxvdm.models.checkpoint import write_safetensors
-        from jaxvdm.models.wan.config import WanConfig
-        from jaxvdm.models.wan.loader import diffusers_tensor_shapes as dit_tensor_shapes
+        from jaxvdm.models.wan.transformer import WanConfig
+        from jaxvdm.models.wan.transformer import diffusers_tensor_shapes as dit_tensor_shapes
 
         rng = np.random.default_rng(0)
 

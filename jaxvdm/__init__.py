@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 from jaxvdm import sharding  # noqa: E402,F401  (jaxvdm.sharding.make_mesh, strategies)
 from jaxvdm.pipeline import Pipeline, generate, get_pipeline  # noqa: E402
-from jaxvdm.presets import list_presets  # noqa: E402
+from jaxvdm.models.presets import list_presets  # noqa: E402
 from jaxvdm.sharding.registry import available_strategies  # noqa: E402
 
 

@@ -102,10 +102,11 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     pr.add_argument("directory")
     pr.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    from jaxvdm import bench  # argparse only at import; JAX is imported when a command runs
+    from jaxvdm.bench.cli import add_parser as add_bench_parser
+    from jaxvdm.sharding.comm.command import add_comm_parser
 
-    bench.add_parser(sub)
-    bench.add_comm_parser(sub)
+    add_bench_parser(sub)
+    add_comm_parser(sub)
     return parser, opts
 
 
@@ -130,43 +131,13 @@ def _check_output(path: str, overwrite: bool) -> Path:
     return out
 
 
-def _jax_backends_started() -> bool:
-    """Whether JAX has created its devices (after which the CPU device count is fixed)."""
-    if "jax" not in sys.modules:
-        return False
-    try:
-        from jax._src import xla_bridge
-
-        return bool(xla_bridge.backends_are_initialized())
-    except (ImportError, AttributeError):  # private API moved: assume started, the safe answer
-        return True
-
-
 def _set_cpu_devices(n: int | None) -> None:
-    """Simulates ``n`` CPU devices. Works until JAX creates its devices (importing jax is fine: the
-    parser imports it); afterwards (main called again in one process) JAX must already have at least
-    ``n`` CPU devices."""
-    if n is None:
-        return
-    if n < 1:
-        raise CLIError(f"--cpu-devices must be at least 1, got {n}")
-    if _jax_backends_started():
-        import jax
+    from jaxvdm.sharding.mesh import simulate_cpu_devices
 
-        have = jax.devices()
-        if jax.default_backend() != "cpu" or len(have) < n:
-            raise CLIError(f"--cpu-devices {n} cannot take effect: JAX already started with {len(have)} "
-                           f"{jax.default_backend()} device(s) in this process; run the command in a new process")
-        return
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    flags.append(f"--xla_force_host_platform_device_count={n}")
-    os.environ["XLA_FLAGS"] = " ".join(flags)
-    if not os.environ.get("JAX_PLATFORMS"):
-        os.environ["JAX_PLATFORMS"] = "cpu"
-        if "jax" in sys.modules:  # jax read JAX_PLATFORMS when imported: tell its config directly
-            import jax
-
-            jax.config.update("jax_platforms", "cpu")
+    try:
+        simulate_cpu_devices(n)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _mesh(spec: str | None):
@@ -231,7 +202,7 @@ def _validate_before_compute(kwargs) -> None:
 
 
 def _convert(args) -> int:
-    from jaxvdm.models.wan.loader import load_transformer, save_converted
+    from jaxvdm.models.wan.transformer import load_transformer, save_converted
 
     dst = Path(args.dst)
     if dst.exists() and any(dst.iterdir()):
@@ -263,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "profile":
             return _profile(args)
         if args.command in ("bench", "comm"):
-            from jaxvdm import bench
+            from jaxvdm.bench.cli import run as run_bench
+            from jaxvdm.sharding.comm.command import run_comm
 
             args.command_line = shlex.join(["jaxvdm"] + list(sys.argv[1:] if argv is None else argv))
-            return bench.run(args) if args.command == "bench" else bench.run_comm(args)
+            return run_bench(args) if args.command == "bench" else run_comm(args)
     except CLIError as e:
         print(f"jaxvdm: error: {e}", file=sys.stderr)
         return 2

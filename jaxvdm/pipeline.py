@@ -15,105 +15,24 @@ mesh), denoises, decodes and returns a :class:`~jaxvdm.video.Video`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxvdm.models.wan.transformer import WanTransformer
-from jaxvdm.schedulers import make_scheduler
-from jaxvdm.sharding.registry import Plan, resolve
+from jaxvdm.models.pipeline import Pipeline, SizeError
+from jaxvdm.models.schedulers import make_scheduler
+from jaxvdm.sharding.registry import resolve
 
 __all__ = ["Pipeline", "generate", "get_pipeline", "seed_key", "SizeError", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "shapes"
-
-
-class SizeError(ValueError):
-    """A video size or frame count the model cannot take; the message names the nearest valid one."""
-
-
-@dataclasses.dataclass
-class Pipeline:
-    """A text-to-video model: text encoder, transformer, decoder, and its default settings.
-
-    Attributes:
-      name: what to call it in settings and messages.
-      transformer: the DiT.
-      encode_text: ``list[str] -> [B, L, text_dim]`` float32 (or None: embeddings must be given).
-      decode: ``(latents [1, C, T, H, W], mesh | None) -> video [1, 3, F, H, W]`` in ``[-1, 1]``
-        (or None: :func:`generate` then returns latents only).
-      vae_stride: (t, h, w) compression from pixels to latents (``F = stride_t*(T-1) + 1``).
-      defaults: num_frames, height, width, steps, guidance_scale, flow_shift, scheduler, fps,
-        negative_prompt.
-    """
-
-    name: str
-    transformer: WanTransformer
-    encode_text: Callable[[list[str]], Any] | None
-    decode: Callable[[jax.Array, Mesh | None], jax.Array] | None
-    vae_stride: tuple[int, int, int]
-    defaults: dict[str, Any]
-    _denoisers: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.transformer.config.in_channels
-
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
-        """``(1, C, T, H, W)`` for a video size; raises SizeError naming the nearest valid size."""
-        st, sh, sw = self.vae_stride
-        pt, ph, pw = self.transformer.config.patch_size
-        for name, v in (("num_frames", num_frames), ("height", height), ("width", width)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise SizeError(f"{name} must be a positive integer, got {v!r}")
-        if not _valid_frames(num_frames, st, pt):
-            near = _nearest(num_frames, lambda f: _valid_frames(f, st, pt))
-            rule = f"{st}*k+1" if st > 1 else "any count"
-            if pt > 1:
-                rule += f" giving a latent length (k+1) that is a multiple of the patch {pt}"
-            raise SizeError(f"num_frames={num_frames} is not valid for {self.name}: frames must be {rule}; nearest valid: {near}")
-        for name, v, s, p in (("height", height, sh, ph), ("width", width, sw, pw)):
-            m = s * p
-            if v % m:
-                lo = max(m, v // m * m)
-                hi = lo + m
-                near = lo if v - lo <= hi - v else hi
-                raise SizeError(f"{name}={v} must be a multiple of {m} for {self.name} (VAE stride {s} x patch {p}); nearest valid: {near}")
-        t = (num_frames - 1) // st + 1
-        return (1, self.latent_channels, t, height // sh, width // sw)
-
-    def denoiser(self, plan: Plan, mesh: Mesh | None, attention: str | None):
-        """A :class:`~jaxvdm.sampling.Denoiser` for ``(plan, mesh)``, cached (weights placed once)."""
-        from jaxvdm.sampling import Denoiser
-
-        key = (plan, None if mesh is None else (tuple(mesh.axis_names), tuple(d.id for d in mesh.devices.flat)), attention)
-        if key not in self._denoisers:
-            if len(self._denoisers) >= 2:  # keep at most two placements alive
-                self._denoisers.pop(next(iter(self._denoisers)))
-            self._denoisers[key] = Denoiser(self.transformer, plan, mesh, attention=attention)
-        return self._denoisers[key]
-
-
-def _valid_frames(f: int, st: int, pt: int) -> bool:
-    return f >= 1 and (f - 1) % st == 0 and ((f - 1) // st + 1) % pt == 0
-
-
-def _nearest(v: int, ok) -> int:
-    for delta in range(0, 10_000):
-        for cand in (v - delta, v + delta):
-            if cand >= 1 and ok(cand):
-                return cand
-    raise ValueError("no valid size found")
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -134,7 +53,7 @@ def _load_cached(key: str) -> Pipeline:
         from jaxvdm.models.wan.pipeline import load_pipeline
 
         return load_pipeline(path)
-    from jaxvdm.presets import list_presets
+    from jaxvdm.models.presets import list_presets
 
     if key in list_presets():
         raise ValueError(
@@ -155,18 +74,6 @@ def get_pipeline(model: str | os.PathLike | Pipeline | None) -> Pipeline:
 
 
 # ------------------------------------------------------------------------------------------ generate
-
-
-def _strategy_sampler(plan: Plan):
-    if plan.loop == "parastep":
-        from jaxvdm.sharding import parastep
-
-        return parastep.sample
-    if plan.loop == "dualparal":
-        from jaxvdm.sharding import dualparal
-
-        return dualparal.sample
-    return None
 
 
 def generate(
@@ -267,18 +174,8 @@ def generate(
     t_text = time.perf_counter() - t0
 
     with maybe_trace(profile_dir, dump_hlo):
-        sampler = _strategy_sampler(plan)
-        if sampler is None:
-            windows = None
-            if plan.lp_axis:
-                from jaxvdm.sharding import lp
-
-                windows = lp.windows_for(plan, shape, pipe.transformer.config.patch_size, steps)
-            den = pipe.denoiser(plan, mesh, attention)
-            out, timing = den.sample(noise, context, guidance_scale, sched, windows=windows, progress=progress)
-        else:
-            out, timing = sampler(pipe, plan, mesh, noise, context, guidance_scale, sched, attention=attention,
-                                  progress=progress)
+        out, timing = plan.sample(pipe.transformer, plan, mesh, noise, context, guidance_scale, sched,
+                                  attention=attention, progress=progress, defaults=model_defaults(pipe))
     out_np = _to_host(out)
 
     t0 = time.perf_counter()
@@ -291,12 +188,18 @@ def generate(
         prompt=prompt, negative_prompt=negative_prompt if with_cfg else None, model=pipe.name, strategy=plan.describe(),
         strategy_options=dict(plan.options), num_frames=num_frames, height=height, width=width, steps=steps,
         guidance_scale=guidance_scale, scheduler=scheduler_name, shift=shift, seed=None if latents is not None else seed,
-        timings=dict(text_s=t_text, **timing, decode_s=t_decode, total_s=time.perf_counter() - t_start),
+        timings=dict(text_s=t_text, **{k: v for k, v in timing.items() if isinstance(v, (int, float))},
+                     decode_s=t_decode, total_s=time.perf_counter() - t_start),
     )
     fps = int(pipe.defaults.get("fps", 16))
     if frames is None:
         return Video(frames=np.zeros((0, height, width, 3), np.uint8), fps=fps, latents=out_np, settings=settings)
     return Video.from_float(frames, fps=fps, latents=out_np, settings=settings)
+
+
+def model_defaults(pipe: Pipeline) -> dict:
+    """The values a strategy's sampler may read about the model: its defaults and ``vae_stride``."""
+    return {**pipe.defaults, "vae_stride": tuple(pipe.vae_stride)}
 
 
 def _check_int(name: str, value, *, minimum: int) -> int:

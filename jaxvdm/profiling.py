@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import gzip
 import json
 import os
@@ -32,13 +31,12 @@ from pathlib import Path
 
 import jax
 
+from jaxvdm.sharding.runtime import PHASES, dump_hlo_to, record_compiled
+
 __all__ = ["maybe_trace", "dump_hlo_to", "record_compiled", "summarize", "enable_compilation_cache",
            "PHASES", "cache_dir"]
 
-PHASES = ("lp_window", "model_forward", "cfg_combine", "lp_combine", "scheduler", "parastep_reuse",
-          "parastep_exchange", "parastep_replay", "dualparal_update", "dualparal_stage", "dualparal_exchange")
 
-_hlo_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("jaxvdm_hlo_dir", default=None)
 _cache_state = {"enabled": None}
 
 
@@ -106,36 +104,6 @@ def _reset_jax_cache() -> None:
 
 
 # ------------------------------------------------------------------------------------------ traces and HLO
-
-
-@contextlib.contextmanager
-def dump_hlo_to(directory: str | os.PathLike | None):
-    """Within this context, every compiled step's optimised HLO is written into ``directory``."""
-    if directory is None:
-        yield
-        return
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    token = _hlo_dir.set(path)
-    try:
-        yield
-    finally:
-        _hlo_dir.reset(token)
-
-
-def record_compiled(name: str, compiled) -> None:
-    """Called by jaxvdm after each ahead-of-time compile; writes the HLO if a dump is active."""
-    directory = _hlo_dir.get()
-    if directory is None:
-        return
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
-    text = compiled.as_text()
-    target = directory / f"{safe}.hlo.txt"
-    n = 1
-    while target.exists() and target.read_text() != text:
-        target = directory / f"{safe}_{n}.hlo.txt"
-        n += 1
-    target.write_text(text)
 
 
 def _profiler_options():

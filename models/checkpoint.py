@@ -30,6 +30,7 @@ __all__ = [
     "read_safetensors_dir",
     "write_safetensors",
     "check_tensors",
+    "model_from_params",
 ]
 
 _DTYPES: dict[str, np.dtype] = {
@@ -236,3 +237,32 @@ def check_tensors(
     if misshaped:
         parts.append(f"mis-shaped {len(misshaped)} tensor(s): " + "; ".join(misshaped))
     raise CheckpointError("\n  ".join(parts))
+
+
+def model_from_params(abstract_module, params: Mapping):
+    """The module ``abstract_module`` (from ``nnx.eval_shape``: structure and dtypes, nothing allocated)
+    holding ``params``, a nested dict of arrays with the layout of ``nnx.to_pure_dict`` of its state.
+
+    Every array is cast to its leaf's dtype. Guards the conversion itself (the strict name/shape check
+    runs before it, on the checkpoint's names): a converted array whose shape differs from the
+    leaf's raises CheckpointError naming the parameter path.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(abstract_module)
+
+    def take(path, leaf):
+        node = params
+        for k in path:
+            node = node[getattr(k, "key", getattr(k, "idx", k))]
+        arr = np.asarray(node)
+        if arr.shape != tuple(leaf.shape):
+            raise CheckpointError(f"internal: converted {jax.tree_util.keystr(path)} is {arr.shape}, "
+                                  f"model needs {tuple(leaf.shape)}")
+        return jnp.asarray(arr, dtype=leaf.dtype)
+
+    pure = jax.tree_util.tree_map_with_path(take, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)

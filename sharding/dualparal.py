@@ -29,163 +29,38 @@ static.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax import lax
 
-from jaxvdm.models.wan import rope as rope_lib
-from jaxvdm.models.wan.transformer import Conditioning, ExtraKV, WanTransformer, unpatchify
+from jaxvdm.models.wan.transformer.model import WanTransformer
+from jaxvdm.sharding import dualparal_pipeline
+from jaxvdm.sharding import dualparal_schedule as sched_lib
+from jaxvdm.sharding import runtime
+from jaxvdm.sharding.dualparal_block import (Geometry, coordinated_noise, embed_window, empty_cache, geometry,
+                                             stage_layers, update_block, window_head, window_layers)
 
-__all__ = ["Geometry", "geometry", "coordinated_noise", "serial_oracle", "sample", "stage_layers"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Geometry:
-    """Static sizes of a DualParal run (latent frames unless stated)."""
-
-    B: int
-    C: int
-    num_blocks: int
-    total: int
-    grid: tuple[int, int, int]  # token grid of one window (B+C, h', w')
-    tokens_per_frame: int
-    patch: tuple[int, int, int]
-
-    @property
-    def window(self) -> int:
-        return self.B + self.C
-
-    def start(self, k):
-        return k * self.B
-
-    def frame_mask(self, k) -> jax.Array:
-        """``[B+C]`` bool: which window frames block ``k`` owns (all for block 0, the last B otherwise)."""
-        f = jnp.arange(self.window)
-        return (f >= self.C) | (k == 0)
-
-    @property
-    def capture(self) -> tuple[int, int] | None:
-        """Token range of the first C own frames (what the predecessor's forward will attend to)."""
-        if self.C == 0:
-            return None
-        return self.C * self.tokens_per_frame, 2 * self.C * self.tokens_per_frame
-
-
-def geometry(latent_shape, patch, block_frames: int, context_frames: int, *, vae_stride_t: int = 4) -> Geometry:
-    """Validates the block layout for a latent ``[1, C, T, H, W]`` and returns its geometry
-    (``vae_stride_t`` only words the error message in video frames)."""
-    from jaxvdm.sharding.dualparal_schedule import block_layout
-
-    t, h, w = (int(v) for v in latent_shape[2:])
-    pt, ph, pw = patch
-    if pt != 1:
-        raise ValueError(f"dualparal needs a temporal patch size of 1, got {pt}")
-    layout = block_layout(t, block_frames, context_frames, vae_stride_t=vae_stride_t)
-    B, C = layout.B, layout.C
-    return Geometry(B=B, C=C, num_blocks=layout.num_blocks, total=t, grid=(B + C, h // ph, w // pw),
-                    tokens_per_frame=(h // ph) * (w // pw), patch=tuple(patch))
-
-
-def coordinated_noise(noise: jax.Array, geo: Geometry, seed: int = 0) -> jax.Array:
-    """The initial latent video built from a pool: the first ``B + C`` frames of ``noise``, permuted per block."""
-    from jaxvdm.sharding.dualparal_schedule import noise_pool_order
-
-    pool = noise[:, :, : geo.window]
-    order = noise_pool_order(geo.num_blocks, geo.B, geo.C, seed)
-    parts = [jnp.take(pool, jnp.asarray(idx), axis=2) for idx in order]
-    return jnp.concatenate(parts, axis=2)
-
-
-# ------------------------------------------------------------------------------------------ one forward
-
-
-def _rope(model: WanTransformer, geo: Geometry):
-    """Window queries at frames 0..B+C-1; cached keys at frames B+C..B+2C-1."""
-    cfg = model.config
-    cos, sin = model.rope(rope_lib.grid_positions(geo.grid))
-    extra_grid = (geo.C, geo.grid[1], geo.grid[2])
-    cos_e, sin_e = model.rope(rope_lib.grid_positions(extra_grid, (geo.window, 0, 0)))
-    del cfg
-    return cos, sin, cos_e, sin_e
-
-
-def embed_window(model: WanTransformer, xw, ctx):
-    """Tokens of a window, batched for guidance: ``[b, S, D]`` (b = 2 with guidance)."""
-    tokens = model.embed_tokens(xw)
-    return jnp.broadcast_to(tokens, (ctx.shape[0],) + tokens.shape[1:])
-
-
-def window_layers(model, h, t, ctx, geo, cache, read, *, attention=None, layers=None, block_state=None,
-                  layer_valid=None):
-    """Runs layers over window hidden states ``h [b, S, D]`` at timestep ``t``; returns ``(h, (k, v))``.
-
-    ``cache = (k, v)`` each ``[n_layers, b, C*hw, D]`` is the successor's cached keys/values, used when
-    ``read`` is True; the returned pair is this window's (its first C own frames), for the predecessor.
-    """
-    temb, tproj, context = model.embed_condition(jnp.full((h.shape[0],), t, jnp.float32), ctx)
-    cos, sin, cos_e, sin_e = _rope(model, geo)
-    extra = None
-    if geo.C > 0:
-        extra = ExtraKV(cache[0], cache[1], cos_e, sin_e, jnp.asarray(read))
-    out = model.run_blocks(h, Conditioning(tproj, context, cos, sin), layers=layers, self_attention=attention,
-                           cross_attention=attention, extra=extra, capture=geo.capture, block_state=block_state,
-                           layer_valid=layer_valid)
-    if geo.C == 0:
-        return out, cache
-    return out
-
-
-def window_head(model, h, t, ctx, guidance, geo):
-    """Head and guidance: ``[b, S, D] -> guided velocity [1, Cch, B+C, h, w]`` (float32)."""
-    temb, _, _ = model.embed_condition(jnp.full((h.shape[0],), t, jnp.float32), ctx)
-    cfg = model.config
-    v = unpatchify(model.head_tokens(h, temb), geo.grid, cfg.patch_size, cfg.out_channels)
-    if v.shape[0] == 2:
-        v = v[1:2] + guidance * (v[0:1] - v[1:2])
-    return v
-
-
-def update_block(scheduler, x, sstate, v, k, d, geo: Geometry):
-    """Applies block ``k``'s step ``d`` with window prediction ``v`` to the latent video and solver state."""
-    start = geo.start(k)
-    xw = lax.dynamic_slice_in_dim(x, start, geo.window, axis=2)
-    sw = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, geo.window, axis=2), sstate)
-    xn, sn = scheduler.step(sw, v, xw, d)
-    m = geo.frame_mask(k)[None, None, :, None, None]
-    xn = jnp.where(m, xn, xw)
-    sn = jax.tree.map(lambda new, old: jnp.where(m, new, old), sn, sw)
-    x = lax.dynamic_update_slice_in_dim(x, xn, start, axis=2)
-    sstate = jax.tree.map(lambda a, b: lax.dynamic_update_slice_in_dim(a, b, start, axis=2), sstate, sn)
-    return x, sstate
-
-
-def empty_cache(model: WanTransformer, geo: Geometry, batch: int, n_layers: int | None = None):
-    cfg = model.config
-    n = cfg.num_layers if n_layers is None else n_layers
-    shape = (n, batch, max(geo.C, 0) * geo.tokens_per_frame, cfg.hidden_size)
-    return jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype)
+__all__ = ["Geometry", "geometry", "coordinated_noise", "serial_oracle", "sample", "pipeline_program", "stage_layers",
+           "run_geometry"]
 
 
 # ------------------------------------------------------------------------------------------ serial oracle
 
 
 def serial_oracle(model: WanTransformer, x0, ctx, guidance, scheduler, geo: Geometry, *, attention=None,
-                  progress=False):
+                  progress=None):
     """The block-wise algorithm on one device: one forward after another, caches and context exact.
 
     ``x0 [1, Cch, total, h, w]`` is the initial latent video (coordinated noise already applied).
-    Returns the final latent video (float32).
+    Returns ``(final latent video float32, {"compile_s", "denoise_s", "items"})``; the one item program
+    is compiled before the loop, so ``denoise_s`` is the loop alone.
     """
     graphdef, state = nnx.split(model)
-    b = ctx.shape[0]
 
-    @jax.jit
     def item(state, x, sstate, k, d, ctx, g, ck, cv, read):
         m = nnx.merge(graphdef, state)
         xw = lax.dynamic_slice_in_dim(x, geo.start(k), geo.window, axis=2)
@@ -197,54 +72,71 @@ def serial_oracle(model: WanTransformer, x0, ctx, guidance, scheduler, geo: Geom
         return x, sstate, nk, nv
 
     x = jnp.asarray(x0, jnp.float32)
+    ctx = jnp.asarray(ctx)
     sstate = scheduler.init(x)
-    ck, cv = empty_cache(model, geo, b)
+    ck, cv = empty_cache(model, geo, ctx.shape[0])
     g = jnp.float32(guidance)
-    from jaxvdm.sharding.dualparal_schedule import serial_order
-
-    for it in serial_order(geo.num_blocks, scheduler.num_steps):
-        x, sstate, ck, cv = item(state, x, sstate, jnp.int32(it.k), jnp.int32(it.d), ctx, g, ck, cv,
-                                 it.has_successor_context)
-    return x
-
-
-def stage_layers(num_layers: int, num_stages: int) -> list[tuple[int, int]]:
-    """Consecutive layer ranges per stage: the first ``L mod N`` stages get one layer more."""
-    if num_stages > num_layers:
-        raise ValueError(f"dualparal has more stages ({num_stages}) than transformer layers ({num_layers}); "
-                         f"use at most {num_layers} devices on 'stage'")
-    base, extra = divmod(num_layers, num_stages)
-    out, start = [], 0
-    for s in range(num_stages):
-        n = base + (1 if s < extra else 0)
-        out.append((start, start + n))
-        start += n
-    return out
+    programs = runtime.Programs()
+    f = programs.get("item", "dualparal_oracle_item", lambda: jax.jit(item),
+                     (state, x, sstate, jnp.int32(0), jnp.int32(0), ctx, g, ck, cv, jnp.asarray(True)))
+    order = sched_lib.serial_order(geo.num_blocks, scheduler.num_steps)
+    t0 = time.perf_counter()
+    with runtime.progress_bar(len(order), "dualparal (serial)", progress, unit="block-step") as bar:
+        for it in order:
+            x, sstate, ck, cv = f(state, x, sstate, jnp.int32(it.k), jnp.int32(it.d), ctx, g, ck, cv,
+                                  jnp.asarray(it.has_successor_context))
+            bar.done(1, x)
+        x.block_until_ready()
+    return x, {"compile_s": programs.seconds, "denoise_s": time.perf_counter() - t0, "items": len(order),
+               "useful_forwards": [(geo.window_shape, len(order))], "blocks": geo.num_blocks,
+               "block_frames": geo.B, "context_frames": geo.C}
 
 
-def sample(pipe, plan, mesh, noise, context, guidance, scheduler, *, attention=None, progress=None):
-    """Runs DualParal (pipelined on ``mesh``'s ``stage`` axis, or the serial oracle without a mesh)."""
-    model = pipe.transformer
+def run_geometry(model: WanTransformer, plan, latent_shape, defaults=None) -> Geometry:
+    """The block geometry of ``plan`` for a latent ``[1, C, T, H, W]``: ``block_frames`` and
+    ``context_frames`` from the plan's options, else from the model's ``defaults``
+    (``dualparal_block_frames``, ``dualparal_context_frames``); ``defaults["vae_stride"]`` words the
+    error messages in video frames. Raises ValueError naming valid frame counts."""
+    defaults = dict(defaults or {})
     b, c = plan.option("block_frames"), plan.option("context_frames")
-    b = pipe.defaults.get("dualparal_block_frames") if b is None else b
-    c = pipe.defaults.get("dualparal_context_frames") if c is None else c
+    b = defaults.get("dualparal_block_frames") if b is None else b
+    c = defaults.get("dualparal_context_frames") if c is None else c
     if b is None or c is None:
         raise ValueError("dualparal needs block_frames and context_frames (latent frames per block and of context), "
                          "e.g. block_frames=8, context_frames=8")
-    geo = geometry(noise.shape, model.config.patch_size, b, c, vae_stride_t=int(pipe.vae_stride[0]))
-    x0 = coordinated_noise(jnp.asarray(noise, jnp.float32), geo)
-    t0 = time.perf_counter()
-    if mesh is None or plan.size(plan.loop_axis) == 1 and not plan.cfg_axis:
-        x = serial_oracle(model, x0, jnp.asarray(context), guidance, scheduler, geo, attention=attention)
-        x.block_until_ready()
-        return x, {"compile_s": 0.0, "denoise_s": time.perf_counter() - t0}
-    from jaxvdm.sharding import dualparal_pipeline
-    from jaxvdm.sharding import dualparal_schedule as sched_lib
+    stride_t = int(defaults.get("vae_stride", (4, 8, 8))[0])
+    return geometry(latent_shape, model.config.patch_size, b, c, vae_stride_t=stride_t)
 
+
+def sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention=None, progress=None, defaults=None):
+    """Runs DualParal: pipelined over ``mesh``'s ``stage`` axis, or the serial oracle without a mesh.
+
+    Returns ``(latents, timings)``; the pipelined run adds ``bubble_ratio`` and ``slots``."""
+    geo = run_geometry(model, plan, noise.shape, defaults)
+    x0 = coordinated_noise(jnp.asarray(noise, jnp.float32), geo)
+    if mesh is None or plan.size(plan.loop_axis) == 1 and not plan.cfg_axis:
+        return serial_oracle(model, x0, context, guidance, scheduler, geo, attention=attention, progress=progress)
     n = plan.size(plan.loop_axis)
     if geo.num_blocks < n + 1:
         ratio = sched_lib.bubble_ratio(sched_lib.pipeline_schedule(geo.num_blocks, scheduler.num_steps, n))
         warnings.warn(f"dualparal: {geo.num_blocks} blocks cannot fill a pipeline of {n} stages (use at least {n + 1} "
                       f"blocks); the bubble ratio of this run is {ratio:.0%}", stacklevel=2)
-    return dualparal_pipeline.run(pipe, plan, mesh, x0, context, guidance, scheduler, geo, attention=attention,
-                                  progress=progress)
+    return dualparal_pipeline.run(model, plan, mesh, x0, context, guidance, scheduler, geo, attention=attention)
+
+
+def pipeline_program(model, plan, mesh, latent_shape, text_shape, scheduler, *, attention=None, defaults=None,
+                     step=None):
+    """The whole pipelined run compiled for ``model`` (abstract or real) and abstract inputs; it runs once
+    per video."""
+    from jaxvdm.sharding.sampling import Program, abstract_like
+
+    if mesh is None:
+        raise ValueError("the pipelined DualParal program needs a mesh with a 'stage' axis")
+    geo = run_geometry(model, plan, latent_shape, defaults)
+    f, schedule, arrays, state, specs = dualparal_pipeline.build(model, plan, mesh, geo, scheduler,
+                                                                 with_cfg=text_shape[0] == 2, attention=attention)
+    args = (abstract_like(state, mesh, specs), *abstract_like(
+        (jax.ShapeDtypeStruct(tuple(latent_shape), jnp.float32), jax.ShapeDtypeStruct(tuple(text_shape), jnp.float32),
+         jax.ShapeDtypeStruct((), jnp.float32), {k: jnp.asarray(v) for k, v in arrays.items()}), mesh))
+    return Program(name=f"pipelined run ({geo.num_blocks} blocks, {len(schedule.slots)} slots)",
+                   compiled=f.lower(*args).compile(), runs=1)

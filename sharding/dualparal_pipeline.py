@@ -25,14 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
-from jaxvdm.models.wan.transformer import unpatchify
-from jaxvdm.sharding import dualparal as dp
+from jaxvdm.models.wan.transformer.model import is_block_path, unpatchify
+from jaxvdm.sharding import dualparal_block as dp
 from jaxvdm.sharding import dualparal_schedule as sched_lib
-from jaxvdm.profiling import record_compiled
+from jaxvdm.sharding import runtime
 from jaxvdm.sharding.mesh import place
-from jaxvdm.sharding.predict import shard_map
+from jaxvdm.sharding.predict import guide, shard_map
 
 __all__ = ["run", "stacked_stage_params"]
 
@@ -51,7 +51,7 @@ def stacked_stage_params(state, num_layers: int, num_stages: int):
     flat_idx, flat_valid = index.reshape(-1), valid.reshape(-1)
 
     def restack(path, leaf):
-        if getattr(path[0], "key", None) != "blocks":
+        if not is_block_path(path):
             return leaf
         if isinstance(leaf, jax.ShapeDtypeStruct):  # abstract model: only the shape changes
             return jax.ShapeDtypeStruct((flat_idx.size,) + tuple(leaf.shape[1:]), leaf.dtype)
@@ -64,7 +64,7 @@ def stacked_stage_params(state, num_layers: int, num_stages: int):
 
 def _specs(state, axis):
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: P(axis) if getattr(path[0], "key", None) == "blocks" else P(), state)
+        lambda path, _: P(axis) if is_block_path(path) else P(), state)
 
 
 def build(model, plan, mesh, geo, scheduler, *, with_cfg: bool, attention=None):
@@ -119,7 +119,7 @@ def build(model, plan, mesh, geo, scheduler, *, with_cfg: bool, attention=None):
             v = unpatchify(m.head_tokens(h, temb), geo.grid, cfg.patch_size, cfg.out_channels)
             if with_cfg:
                 both = lax.all_gather(v, cfg_axis, axis=0, tiled=True) if cfg_axis else v
-                v = both[1:2] + g * (both[0:1] - both[1:2])
+                v = guide(both[0:1], both[1:2], g)
             with jax.named_scope("dualparal_exchange"):
                 hidden = lax.ppermute(h, axis, [(i, i + 1) for i in range(n - 1)]) if n > 1 else h
                 pred = lax.ppermute(v, axis, [(n - 1, 0)]) if n > 1 else v
@@ -133,19 +133,19 @@ def build(model, plan, mesh, geo, scheduler, *, with_cfg: bool, attention=None):
     return f, schedule, arrays, state, specs
 
 
-def run(pipe, plan, mesh, x0, context, guidance, scheduler, geo, *, attention=None, progress=None):
+def run(model, plan, mesh, x0, context, guidance, scheduler, geo, *, attention=None):
     """The pipelined DualParal run; returns ``(latent video, timings)``."""
     ctx_full = jnp.asarray(context, jnp.float32)
-    f, schedule, arrays, state, specs = build(pipe.transformer, plan, mesh, geo, scheduler,
-                                              with_cfg=ctx_full.shape[0] == 2, attention=attention)
+    f, schedule, arrays, state, specs = build(model, plan, mesh, geo, scheduler, with_cfg=ctx_full.shape[0] == 2,
+                                              attention=attention)
     args = (place(state, mesh, specs), place(x0, mesh), place(ctx_full, mesh), place(jnp.float32(guidance), mesh),
             place({k: jnp.asarray(v) for k, v in arrays.items()}, mesh))
-    t0 = time.perf_counter()
-    compiled = f.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    record_compiled(f"dualparal_{plan.describe()}", compiled)
+    programs = runtime.Programs()
+    compiled = programs.get("run", f"dualparal_{plan.describe()}", lambda: f, args)
     t0 = time.perf_counter()
     x = compiled(*args)
     x.block_until_ready()
-    return x, {"compile_s": compile_s, "denoise_s": time.perf_counter() - t0,
-               "bubble_ratio": float(sched_lib.bubble_ratio(schedule)), "slots": int(arrays["arrival_k"].shape[0])}
+    return x, {"compile_s": programs.seconds, "denoise_s": time.perf_counter() - t0,
+               "bubble_ratio": float(sched_lib.bubble_ratio(schedule)), "slots": int(arrays["arrival_k"].shape[0]),
+               "useful_forwards": [(geo.window_shape, len(schedule.items))], "blocks": geo.num_blocks,
+               "block_frames": geo.B, "context_frames": geo.C}

@@ -16,11 +16,9 @@ import jax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from jaxvdm.models.wan.transformer.model import is_block_path
+
 __all__ = ["shard_dims", "param_specs", "gather_hook", "per_device_bytes"]
-
-
-def _is_block_path(path) -> bool:
-    return len(path) > 0 and getattr(path[0], "key", None) == "blocks"
 
 
 def shard_dims(state, n: int) -> list[int | None]:
@@ -31,7 +29,7 @@ def shard_dims(state, n: int) -> list[int | None]:
     dims = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         d = None
-        if _is_block_path(path) and n > 1:
+        if is_block_path(path) and n > 1:
             cands = [i for i in range(1, leaf.ndim) if leaf.shape[i] % n == 0]
             if cands:
                 d = max(cands, key=lambda i: (leaf.shape[i], -i))

@@ -7,7 +7,7 @@ position-aware blend weights, and one ``psum`` over ``lp`` assembles the blended
 then steps the replicated full latent, so the multistep solver state stays global (its update is linear
 in the model output with scalar coefficients, so blending predictions equals blending updates).
 
-This module turns the options into one static :class:`~jaxvdm.sharding.predict.LPWindow` per step:
+This module turns the options into one static :class:`LPWindow` per step:
 
 * ``schedule``: ``"rotate"`` (T, H, W, T, … with a fallback when an axis has fewer patches than K),
   a fixed ``"T"``/``"H"``/``"W"``, or ``"unite"`` (the NSDI artifact: an exact full-latent first step,
@@ -22,15 +22,34 @@ length (clamped inside the video), so every step is one SPMD program; see
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
 
 from jaxvdm.sharding import lp_partition as part
-from jaxvdm.sharding.predict import LPWindow
-from jaxvdm.sharding.registry import Plan
+from jaxvdm.sharding.plan import Plan
 
-__all__ = ["windows_for"]
+__all__ = ["LPWindow", "windows_for"]
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LPWindow:
+    """This step's Latent Parallelism partition (static, host-computed).
+
+    axis: latent dim of the partition (2 = T, 3 = H, 4 = W), or None for an exact full-latent step.
+    length: window length in latent indices (the same on every device).
+    starts: ``[K]`` window starts in latent indices (multiples of the patch size).
+    weights: ``[K, length]`` normalised blend weights (they sum to 1 over windows at every index).
+    """
+
+    axis: int | None
+    length: int
+    starts: np.ndarray
+    weights: np.ndarray
+
+    def key(self):
+        return (self.axis, self.length, tuple(self.starts.tolist()), self.weights.tobytes())
+
 
 _SCHEDULES = ("rotate", "T", "H", "W", "unite")
 _RAMPS = ("linear", "cosine")

@@ -12,13 +12,16 @@ with ``Auto`` axes works the same way.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-__all__ = ["AXES", "make_mesh", "parse_mesh_spec", "axis_size", "place", "replicated", "mesh_shape"]
+__all__ = ["AXES", "make_mesh", "format_mesh", "parse_mesh_spec", "axis_size", "place", "replicated", "mesh_shape",
+           "simulate_cpu_devices"]
 
 AXES = ("cfg", "lp", "step", "stage", "fsdp", "sp")
 
@@ -61,8 +64,46 @@ def make_mesh(axes: Mapping[str, int] | None = None, /, *, devices=None, **sizes
     return Mesh(arr, tuple(spec), axis_types=(AxisType.Explicit,) * len(spec))
 
 
-def format_mesh(spec: Mapping[str, int]) -> str:
-    return ",".join(f"{k}={v}" for k, v in spec.items())
+def format_mesh(spec: Mapping[str, int] | None) -> str:
+    """``"cfg=2,sp=4"`` (the ``--mesh`` syntax), or ``"1 device"`` for an empty or missing mesh."""
+    return ",".join(f"{k}={v}" for k, v in spec.items()) if spec else "1 device"
+
+
+def _backends_started() -> bool:
+    """Whether JAX has created its devices (after which the CPU device count is fixed)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # private API moved: assume started, the safe answer
+        return True
+
+
+def simulate_cpu_devices(n: int | None) -> None:
+    """Makes JAX's CPU backend offer ``n`` devices (``--cpu-devices``; None does nothing).
+
+    Works until JAX creates its devices (importing jax is fine): it sets
+    ``--xla_force_host_platform_device_count`` and, unless ``JAX_PLATFORMS`` is set, the CPU platform.
+    Afterwards JAX must already have at least ``n`` CPU devices. Raises ValueError saying which.
+    """
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"--cpu-devices must be a positive integer, got {n!r}")
+    if _backends_started():
+        have = jax.devices()
+        if jax.default_backend() != "cpu" or len(have) < n:
+            raise ValueError(f"--cpu-devices {n} cannot take effect: JAX already started with {len(have)} "
+                             f"{jax.default_backend()} device(s) in this process; run the command in a new process")
+        return
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={n}")
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+    if not os.environ.get("JAX_PLATFORMS"):
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        jax.config.update("jax_platforms", "cpu")  # jax read JAX_PLATFORMS when it was imported
 
 
 def parse_mesh_spec(text: str) -> dict[str, int]:

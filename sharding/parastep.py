@@ -40,11 +40,12 @@ from flax import nnx
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from jaxvdm.profiling import record_compiled
+from jaxvdm.sharding import runtime, sampling
+from jaxvdm.sharding.plan import Plan
 from jaxvdm.sharding.predict import LPWindow, guided_prediction, shard_map
-from jaxvdm.sharding.registry import Plan
 
-__all__ = ["rounds", "model_calls", "speedup_bound", "validate", "sample", "serial_reenactment", "reuse_only"]
+__all__ = ["rounds", "model_calls", "speedup_bound", "validate", "min_steps", "sample", "round_program",
+           "serial_reenactment", "reuse_only"]
 
 CACHE_POLICIES = ("own", "fresh")
 
@@ -74,7 +75,13 @@ def model_calls(num_steps: int, warmup: int, n: int) -> tuple[int, int]:
 
 
 def speedup_bound(num_steps: int, warmup: int, n: int) -> float:
+    """``T / (W + ceil((T - W) / N))``: the speed-up if a round cost one model call."""
     return num_steps / model_calls(num_steps, warmup, n)[0]
+
+
+def min_steps(plan: Plan) -> int:
+    """The shortest schedule ``plan`` can run: its warm-up and one full round."""
+    return int(plan.option("warmup")) + plan.size(plan.loop_axis)
 
 
 def _where(c, a, b):
@@ -91,7 +98,7 @@ def _reuse(scheduler, cache, x, sstate, s, j, n_max):
     return xh
 
 
-def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lp: LPWindow | None, attention, block_dims):
+def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lp: LPWindow | None, attention, dims):
     axis = plan.loop_axis
     last = scheduler.num_steps - 1
 
@@ -103,7 +110,7 @@ def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lp: LP
             xh = _reuse(scheduler, cache[0], x, sstate, s, j, n)
         i = jnp.minimum(s + j, last)
         o = guided_prediction(model, xh, scheduler.timestep(i), ctx, g, plan=plan, lp=lp, attention=attention,
-                              block_dims=block_dims)
+                              dims=dims)
         with jax.named_scope("parastep_exchange"):
             gathered = lax.all_gather(o, axis, axis=0)  # [N, 1, C, T, H, W]
         with jax.named_scope("parastep_replay"):
@@ -115,111 +122,93 @@ def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lp: LP
     return body
 
 
-def sample(pipe, plan: Plan, mesh, noise, context, guidance: float, scheduler, *, attention=None, progress=None):
-    """Runs ParaStep on ``mesh``. Returns ``(latents, timings)`` like the exact loop, plus call counts."""
-    from jaxvdm.sampling import progress_enabled
+def _round_fn(den: sampling.Denoiser, scheduler, n_pos: int, lp: LPWindow | None):
+    """The shard_mapped round ``(params, x, sstate, cache [N, ...], s, ctx, g) -> (x, sstate, cache)``."""
+    plan = den.plan
+    body = _round_body(den.graphdef, plan, scheduler, n_pos, plan.option("cache"), lp, den.attention, den.dims)
+    return shard_map(body, mesh=den.mesh, in_specs=(den.specs, P(), P(), P(plan.loop_axis), P(), P(), P()),
+                     out_specs=(P(), P(), P(plan.loop_axis)))
 
+
+def sample(model, plan: Plan, mesh, noise, context, guidance: float, scheduler, *, attention=None, progress=None,
+           defaults=None):
+    """Runs ParaStep on ``mesh``. Returns ``(latents, timings)`` like the exact loop, plus call counts."""
     n = plan.size(plan.loop_axis)
     warmup, policy = plan.option("warmup"), plan.option("cache")
     T = scheduler.num_steps
     validate(T, warmup, n, policy)
     warmup = int(warmup)
-    den = pipe.denoiser(plan, mesh, attention)
+    den = sampling.placed(model, plan, mesh, attention)
     if mesh is None:  # N = 1: every round is one step evaluated where it stands, i.e. the serial loop
         x, timing = den.sample(noise, context, guidance, scheduler, progress=progress)
         return x, {**timing, "sequential_model_calls": T, "total_model_calls": T}
-    windows = None
-    if plan.lp_axis:
-        from jaxvdm.sharding import lp as lp_lib
-
-        windows = lp_lib.windows_for(plan, noise.shape, pipe.transformer.config.patch_size, T)
-    window = (lambda i: windows(i)) if windows else (lambda i: None)
-
-    x = den.place(jnp.array(noise, jnp.float32, copy=True))
-    ctx = den.place(jnp.asarray(context))
-    g = den.place(jnp.float32(guidance))
-    sstate = den.place(jax.tree.map(lambda a: jnp.array(a, copy=True), scheduler.init(x)))
-
-    compiled = {}
-    t0 = time.perf_counter()
+    windows = den.windows(noise.shape, T)
+    x, ctx, g, sstate = runtime.place_inputs(mesh, noise, context, guidance, scheduler)
+    programs = runtime.Programs()
+    name = plan.describe()
 
     def warm_fn(lp):
-        key = ("warm", None if lp is None else lp.key())
-        if key not in compiled:
-            predict = den.predict_fn(lp)
+        predict = den.predict_fn(lp)
 
-            def warm(params, x, sstate, i, ctx, g):
-                v = predict(params, x, scheduler.timestep(i), ctx, g)
-                x, sstate = scheduler.step(sstate, v, x, i)
-                return x, sstate, v
+        def warm(params, x, sstate, i, ctx, g):
+            v = predict(params, x, scheduler.timestep(i), ctx, g)
+            x, sstate = scheduler.step(sstate, v, x, i)
+            return x, sstate, v
 
-            compiled[key] = jax.jit(warm).lower(den.state, x, sstate, jnp.int32(0), ctx, g).compile()
-            record_compiled(f"parastep_warmup_{plan.describe()}", compiled[key])
-        return compiled[key]
+        return programs.get(("warm", None if lp is None else lp.key()), f"parastep_warmup_{name}",
+                            lambda: jax.jit(warm), (den.state, x, sstate, jnp.int32(0), ctx, g))
 
     cache_sharding = jax.sharding.NamedSharding(mesh, P(plan.loop_axis))
     cache_shape = (n,) + tuple(noise.shape)
+    cache_abs = jax.ShapeDtypeStruct(cache_shape, jnp.float32, sharding=cache_sharding)
 
     def round_fn(n_pos, lp):
-        key = ("round", n_pos, None if lp is None else lp.key())
-        if key not in compiled:
-            body = _round_body(den.graphdef, plan, scheduler, n_pos, policy, lp, attention, den.block_dims)
-            f = shard_map(body, mesh=mesh, in_specs=(den.specs, P(), P(), P(plan.loop_axis), P(), P(), P()),
-                          out_specs=(P(), P(), P(plan.loop_axis)))
-            cache_abs = jax.ShapeDtypeStruct(cache_shape, jnp.float32, sharding=cache_sharding)
-            compiled[key] = jax.jit(f).lower(den.state, x, sstate, cache_abs, jnp.int32(0), ctx, g).compile()
-            record_compiled(f"parastep_round{n_pos}_{plan.describe()}", compiled[key])
-        return compiled[key]
+        return programs.get(("round", n_pos, None if lp is None else lp.key()), f"parastep_round{n_pos}_{name}",
+                            lambda: jax.jit(_round_fn(den, scheduler, n_pos, lp)),
+                            (den.state, x, sstate, cache_abs, jnp.int32(0), ctx, g))
 
     plan_rounds = rounds(T, warmup, n)
-    for i in range(warmup):
-        warm_fn(window(i))
-    for s, n_pos in plan_rounds:
-        round_fn(n_pos, window(s))
-    compile_s = time.perf_counter() - t0
+    warm_fns = [warm_fn(windows[i]) for i in range(warmup)]
+    round_fns = [round_fn(n_pos, windows[s]) for s, n_pos in plan_rounds]
+    compile_s = programs.seconds
 
-    bar = None
-    if progress_enabled(progress):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=T, desc=f"denoise [{plan.describe()}]", leave=False)
     t0 = time.perf_counter()
-    v = None
-    for i in range(warmup):
-        x, sstate, v = warm_fn(window(i))(den.state, x, sstate, jnp.int32(i), ctx, g)
-        if bar:
-            bar.update(1)
-    cache = jax.device_put(jnp.broadcast_to(v, cache_shape), cache_sharding)
-    for s, n_pos in plan_rounds:
-        x, sstate, cache = round_fn(n_pos, window(s))(den.state, x, sstate, cache, jnp.int32(s), ctx, g)
-        if bar:
-            bar.update(n_pos)
-    x.block_until_ready()
-    if bar:
-        bar.close()
+    with runtime.progress_bar(T, f"denoise [{name}]", progress) as bar:
+        v = None
+        for i, fn in enumerate(warm_fns):
+            x, sstate, v = fn(den.state, x, sstate, jnp.int32(i), ctx, g)
+            bar.done(1, x)
+        cache = jax.device_put(jnp.broadcast_to(v, cache_shape), cache_sharding)
+        for (s, n_pos), fn in zip(plan_rounds, round_fns):
+            x, sstate, cache = fn(den.state, x, sstate, cache, jnp.int32(s), ctx, g)
+            bar.done(n_pos, x)
+        x.block_until_ready()
     seq, total = warmup + len(plan_rounds), warmup * n + (T - warmup)
     return x, {"compile_s": compile_s, "denoise_s": time.perf_counter() - t0, "sequential_model_calls": seq,
-               "total_model_calls": total}
+               "total_model_calls": total, "useful_forwards": [(tuple(noise.shape[2:]), T)], "rounds": len(plan_rounds),
+               "speedup_bound": speedup_bound(T, warmup, n)}
 
 
-def round_report(pipe, plan: Plan, mesh, noise, context, scheduler, *, attention=None):
-    """Communication of one full ParaStep round, read from its compiled HLO (``jaxvdm.sharding.comm``)."""
-    from jaxvdm.sharding import comm
-
+def round_program(model, plan: Plan, mesh, latent_shape, text_shape, scheduler, *, attention=None, defaults=None,
+                  step: int | None = None) -> sampling.Program:
+    """One full ParaStep round compiled for ``model`` (abstract or real) and abstract inputs; it runs once
+    per round of the schedule (a short last round moves the same bytes: its all-gather has N outputs)."""
     n = plan.size(plan.loop_axis)
-    den = pipe.denoiser(plan, mesh, attention)
-    body = _round_body(den.graphdef, plan, scheduler, n, plan.option("cache"), None, attention, den.block_dims)
-    f = shard_map(body, mesh=mesh, in_specs=(den.specs, P(), P(), P(plan.loop_axis), P(), P(), P()),
-                  out_specs=(P(), P(), P(plan.loop_axis)))
-    rep = jax.sharding.NamedSharding(mesh, P())
-    x = jax.ShapeDtypeStruct(tuple(noise.shape), jnp.float32, sharding=rep)
-    st = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), scheduler.init(jnp.zeros(noise.shape)))
-    cache = jax.ShapeDtypeStruct((n,) + tuple(noise.shape), jnp.float32,
+    validate(scheduler.num_steps, plan.option("warmup"), n, plan.option("cache"))
+    if mesh is None:
+        raise ValueError("a ParaStep round program needs a mesh with a 'step' axis")
+    den = sampling.placed(model, plan, mesh, attention)
+    s = int(plan.option("warmup")) if step is None else step
+    lp = den.windows(latent_shape, scheduler.num_steps)[s]
+    x = jax.ShapeDtypeStruct(tuple(latent_shape), jnp.float32)
+    args = sampling.abstract_like((x, jax.eval_shape(scheduler.init, x)), mesh)
+    cache = jax.ShapeDtypeStruct((n,) + tuple(latent_shape), jnp.float32,
                                  sharding=jax.sharding.NamedSharding(mesh, P(plan.loop_axis)))
-    ctx = jax.ShapeDtypeStruct(tuple(context.shape), jnp.float32, sharding=rep)
-    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
-    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
-    return comm.measure(jax.jit(f), den.state, x, st, cache, step, ctx, scalar)
+    rest = sampling.abstract_like((jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct(tuple(text_shape),
+                                   jnp.float32), jax.ShapeDtypeStruct((), jnp.float32)), mesh)
+    compiled = jax.jit(_round_fn(den, scheduler, n, lp)).lower(den.state, *args, cache, *rest).compile()
+    n_rounds = len(rounds(scheduler.num_steps, int(plan.option("warmup")), n))
+    return sampling.Program(name=f"round of {n} steps", compiled=compiled, runs=n_rounds)
 
 
 def serial_reenactment(predict, scheduler, noise, *, warmup: int, n: int, cache: str = "own"):

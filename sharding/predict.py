@@ -18,23 +18,22 @@ with other tokens, positions and attention functions.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax import lax
-from jax.sharding import PartitionSpec as P
 
 from jaxvdm.models.wan import rope as rope_lib
 from jaxvdm.models.wan.attention import get_attention, get_attention_with_lse
-from jaxvdm.models.wan.transformer import Conditioning, WanTransformer, unpatchify
+from jaxvdm.models.wan.transformer.model import Conditioning, WanTransformer, is_block_path, unpatchify
 from jaxvdm.sharding import fsdp as fsdp_lib
+from jaxvdm.sharding import lp as lp_lib
 from jaxvdm.sharding import sequence
-from jaxvdm.sharding.registry import Plan
+from jaxvdm.sharding.lp import LPWindow
+from jaxvdm.sharding.plan import Plan
 
-__all__ = ["LPWindow", "guided_prediction", "model_forward", "state_specs", "shard_map"]
+__all__ = ["LPWindow", "guided_prediction", "model_forward", "guide", "step_windows", "state_specs", "block_dims",
+           "shard_map"]
 
 
 def shard_map(f, *, mesh, in_specs, out_specs):
@@ -44,39 +43,38 @@ def shard_map(f, *, mesh, in_specs, out_specs):
     return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class LPWindow:
-    """This step's Latent Parallelism partition (static, host-computed).
-
-    axis: latent dim of the partition (2 = T, 3 = H, 4 = W), or None for an exact full-latent step.
-    length: window length in latent indices (the same on every device).
-    starts: ``[K]`` window starts in latent indices (multiples of the patch size).
-    weights: ``[K, length]`` normalised blend weights (they sum to 1 over windows at every index).
-    """
-
-    axis: int | None
-    length: int
-    starts: np.ndarray
-    weights: np.ndarray
-
-    def key(self):
-        return (self.axis, self.length, tuple(self.starts.tolist()), self.weights.tobytes())
-
-
 def state_specs(state, plan: Plan):
     """PartitionSpecs for the model state under ``plan`` (block weights sharded on fsdp, else replicated)."""
     return fsdp_lib.param_specs(state, plan.fsdp_axis, plan.size(plan.fsdp_axis))
 
 
-def _block_dims(model: WanTransformer, plan: Plan):
+def block_dims(model: WanTransformer, plan: Plan):
+    """The fsdp shard dim of every stacked block leaf of ``model``'s state (None where unsharded), in
+    leaf order: what :func:`~jaxvdm.sharding.fsdp.gather_hook` gathers per layer (None without fsdp)."""
+    if not plan.fsdp_axis:
+        return None
     n = plan.size(plan.fsdp_axis)
     state = nnx.state(model)
     return [d for (path, _), d in zip(jax.tree_util.tree_leaves_with_path(state), fsdp_lib.shard_dims(state, n))
-            if getattr(path[0], "key", None) == "blocks"]
+            if is_block_path(path)]
+
+
+def guide(cond, uncond, guidance):
+    """Classifier-free guidance: ``uncond + guidance * (cond - uncond)`` (the one copy of the formula)."""
+    return uncond + guidance * (cond - uncond)
+
+
+def step_windows(plan: Plan, latent_shape, patch, num_steps: int) -> tuple[LPWindow | None, ...]:
+    """Each step's Latent Parallelism partition under ``plan`` (None for every step of a plan without an
+    ``lp`` axis), built and validated on the host before any compute."""
+    if not plan.lp_axis:
+        return (None,) * num_steps
+    windows = lp_lib.windows_for(plan, latent_shape, patch, num_steps)
+    return tuple(windows(i) for i in range(num_steps))
 
 
 def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0, 0), attention: str | None = None,
-                  block_dims=None):
+                  dims=None):
     """The transformer on ``x [b, C, T, H, W]`` with tokens split over the plan's sequence axes.
 
     Per-device code. ``t [b]``, ``ctx [b, L, text_dim]``; ``offset`` is the token offset of ``x`` in
@@ -94,7 +92,7 @@ def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0,
     hook = None
     if plan.fsdp_axis:
         attn = sequence.allgather_kv(plan.fsdp_axis, attn)
-        hook = fsdp_lib.gather_hook(block_dims if block_dims is not None else _block_dims(model, plan), plan.fsdp_axis)
+        hook = fsdp_lib.gather_hook(dims if dims is not None else block_dims(model, plan), plan.fsdp_axis)
     if plan.sp_kind == "ulysses":
         attn = sequence.ulysses(plan.sp_axis, attn)
     elif plan.sp_kind == "ring":
@@ -112,13 +110,17 @@ def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0,
 
 
 def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan, lp: LPWindow | None = None,
-                      attention: str | None = None, block_dims=None):
+                      attention: str | None = None, dims=None):
     """The guided velocity for the full latent ``x [1, C, T, H, W]`` at timestep ``t`` (scalar).
 
     Per-device code. ``ctx`` is ``[2, L, text_dim]`` (cond, uncond) with guidance, or ``[1, L, ·]``
-    without; ``guidance`` a float32 scalar. Returns ``[1, C, T, H, W]`` float32, identical on every
-    device of the mesh.
+    without; ``guidance`` a float32 scalar; ``lp`` this step's partition (required with an ``lp`` axis:
+    see :func:`step_windows`); ``dims`` the fsdp shard dims (:func:`block_dims`). Returns
+    ``[1, C, T, H, W]`` float32, identical on every device of the mesh.
     """
+    if plan.lp_axis and lp is None:
+        raise ValueError("an LP plan was sampled without its step's partition; build the partitions with "
+                         "jaxvdm.sharding.predict.step_windows (every device would otherwise compute the whole video)")
     patch = model.config.patch_size
     lp_on = lp is not None and lp.axis is not None
     if lp_on:
@@ -141,14 +143,12 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
         ctx_b, xb = ctx, xw
     tb = jnp.full((xb.shape[0],), t, jnp.float32)
     with jax.named_scope("model_forward"):
-        v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention,
-                          block_dims=block_dims)
+        v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention, dims=dims)
 
     if with_cfg:
         with jax.named_scope("cfg_combine"):
             both = lax.all_gather(v, plan.cfg_axis, axis=0, tiled=True) if plan.cfg_axis else v
-            cond, uncond = both[0:1], both[1:2]
-            v = uncond + guidance * (cond - uncond)
+            v = guide(both[0:1], both[1:2], guidance)
 
     if lp_on:
         with jax.named_scope("lp_combine"):
@@ -160,6 +160,3 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
             v = lax.psum(placed, plan.lp_axis)
     return v
 
-
-def replicated_specs(tree):
-    return jax.tree.map(lambda _: P(), tree)

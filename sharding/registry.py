@@ -10,27 +10,39 @@ and takes any predict transforms for its inner call.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from jax.sharding import Mesh
 
+from jaxvdm.sharding import dualparal, parastep, sampling
 from jaxvdm.sharding.mesh import format_mesh, mesh_shape
+from jaxvdm.sharding.plan import Plan
 
-__all__ = ["StrategySpec", "STRATEGIES", "Plan", "resolve", "available_strategies"]
+__all__ = ["BASELINE", "StrategySpec", "STRATEGIES", "Plan", "resolve", "available_strategies", "split_names", "parse_options",
+           "options_for"]
+
+
+def _one_step(plan: Plan) -> int:
+    return 1
 
 
 @dataclasses.dataclass(frozen=True)
 class StrategySpec:
-    """A registered strategy.
+    """A registered strategy: everything that is particular to it.
 
     name: what users write.
     axis: the mesh axis it owns (None for "single").
     kind: "predict" (a predict transform) or "loop" (a loop strategy).
-    options: option name -> default value.
+    options: option name -> default value (None: the model's default, read by the sampler).
     exact: whether it reproduces the single-device output (to float rounding).
     summary: one line for help texts and the README.
     fixed_size: the axis size it requires, if any.
+    sample: ``sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention, progress, defaults)
+      -> (latents, timings)``; predict transforms share the one-device loop (:func:`sampling.sample`).
+    program: ``program(model, plan, mesh, latent_shape, text_shape, scheduler, *, attention, defaults, step)
+      -> Program``: one compiled unit (step, round or whole run) on abstract inputs, for bench and comm.
+    min_steps: the shortest schedule a plan of this strategy runs (ParaStep: warm-up + one round).
     """
 
     name: str
@@ -40,12 +52,18 @@ class StrategySpec:
     exact: bool
     summary: str
     fixed_size: int | None = None
+    sample: Callable = sampling.sample
+    program: Callable = sampling.step_program
+    min_steps: Callable[[Plan], int] = _one_step
 
+
+BASELINE = "single"
+"""The exact one-device strategy: every other one is measured against it."""
 
 STRATEGIES: dict[str, StrategySpec] = {
     s.name: s
     for s in [
-        StrategySpec("single", None, "predict", {}, True, "one device (or the reference on any mesh)"),
+        StrategySpec(BASELINE, None, "predict", {}, True, "one device (or the reference on any mesh)"),
         StrategySpec("cfg", "cfg", "predict", {}, True,
                      "classifier-free guidance pair split over 2 devices; one exchange of the prediction per step",
                      fixed_size=2),
@@ -59,54 +77,33 @@ STRATEGIES: dict[str, StrategySpec] = {
                      {"overlap": 0.5, "schedule": "rotate", "ramp": "linear", "r_max": 0.4}, False,
                      "Latent Parallelism: overlapping latent windows on a rotating axis, blended; only latents move"),
         StrategySpec("parastep", "step", "loop", {"warmup": 5, "cache": "own"}, False,
-                     "ParaStep: devices evaluate different steps by reuse-then-predict; only outputs move"),
+                     "ParaStep: devices evaluate different steps by reuse-then-predict; only outputs move",
+                     sample=parastep.sample, program=parastep.round_program, min_steps=parastep.min_steps),
         StrategySpec("dualparal", "stage", "loop",
                      {"block_frames": None, "context_frames": None}, False,
-                     "DualParal: frame blocks at staggered noise levels through a pipeline of layer stages"),
+                     "DualParal: frame blocks at staggered noise levels through a pipeline of layer stages",
+                     sample=dualparal.sample, program=dualparal.pipeline_program),
     ]
 }
 
 
+def split_names(strategy: str) -> tuple[str, ...]:
+    """The names of a composition (``"cfg+ulysses"`` -> ``("cfg", "ulysses")``); raises ValueError naming an
+    empty or unknown name and listing the registered ones."""
+    if not isinstance(strategy, str) or not strategy.strip():
+        raise ValueError(f"strategy must be a name such as 'single' or 'cfg+ulysses', got {strategy!r}")
+    names = tuple(n.strip() for n in strategy.split("+"))
+    for n in names:
+        if not n:
+            raise ValueError(f"strategy {strategy!r} has an empty name; join names with one '+', e.g. 'cfg+ulysses'")
+        if n not in STRATEGIES:
+            raise ValueError(f"unknown strategy {n!r}; available: {', '.join(STRATEGIES)} (join with '+')")
+    return names
+
+
 def available_strategies() -> list[str]:
+    """The registered strategy names (compose them with ``+``)."""
     return list(STRATEGIES)
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """A strategy resolved against a mesh: which axes do what, and the options (hashable, static)."""
-
-    names: tuple[str, ...]
-    mesh_axes: tuple[tuple[str, int], ...]
-    cfg_axis: str | None = None
-    sp_axis: str | None = None
-    sp_kind: str | None = None  # "ulysses" | "ring"
-    fsdp_axis: str | None = None
-    lp_axis: str | None = None
-    loop: str | None = None  # "parastep" | "dualparal"
-    loop_axis: str | None = None
-    options: tuple[tuple[str, Any], ...] = ()
-
-    def option(self, name: str):
-        return dict(self.options)[name]
-
-    def size(self, axis: str | None) -> int:
-        return dict(self.mesh_axes).get(axis, 1) if axis else 1
-
-    @property
-    def exact(self) -> bool:
-        return all(STRATEGIES[n].exact for n in self.names)
-
-    @property
-    def inner_names(self) -> tuple[str, ...]:
-        return tuple(n for n in self.names if STRATEGIES[n].kind == "predict" and n != "single")
-
-    def local(self) -> "Plan":
-        """The same plan with every mesh axis removed (its algorithm on one device)."""
-        return dataclasses.replace(self, mesh_axes=(), cfg_axis=None, sp_axis=None, sp_kind=None, fsdp_axis=None,
-                                   lp_axis=None, loop_axis=None)
-
-    def describe(self) -> str:
-        return "+".join(self.names) + (f" on {format_mesh(dict(self.mesh_axes))}" if self.mesh_axes else "")
 
 
 def _freeze(v):
@@ -125,21 +122,14 @@ def resolve(strategy: str, mesh: Mesh | None, options: Mapping[str, Any] | None 
     strategy.
     """
     options = dict(options or {})
-    if not isinstance(strategy, str) or not strategy.strip():
-        raise ValueError(f"strategy must be a name such as 'single' or 'cfg+ulysses', got {strategy!r}")
+    names = split_names(strategy)
     if mesh is not None and not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jaxvdm.sharding.make_mesh(sp=2)) or None, "
                         f"got {type(mesh).__name__}")
-    names = tuple(n.strip() for n in strategy.split("+"))
-    for n in names:
-        if not n:
-            raise ValueError(f"strategy {strategy!r} has an empty name; join names with one '+', e.g. 'cfg+ulysses'")
-        if n not in STRATEGIES:
-            raise ValueError(f"unknown strategy {n!r}; available: {', '.join(STRATEGIES)} (join with '+')")
     if len(set(names)) != len(names):
         raise ValueError(f"strategy {strategy!r} names a strategy twice")
-    if "single" in names and len(names) > 1:
-        raise ValueError("'single' cannot be combined with other strategies")
+    if BASELINE in names and len(names) > 1:
+        raise ValueError(f"{BASELINE!r} cannot be combined with other strategies")
     specs = [STRATEGIES[n] for n in names]
     loops = [s.name for s in specs if s.kind == "loop"]
     if len(loops) > 1:
@@ -182,7 +172,8 @@ def resolve(strategy: str, mesh: Mesh | None, options: Mapping[str, Any] | None 
     merged = {k: _freeze(options.get(k, v)) for k, v in known.items()}
 
     loop = loops[0] if loops else None
-    sp = next((n for n in names if n in ("ulysses", "ring")), None)
+    sp = next((n for n in names if STRATEGIES[n].axis == "sp"), None)
+    runner = STRATEGIES[loop] if loop else STRATEGIES[BASELINE]
     return Plan(
         names=names,
         mesh_axes=tuple(shape.items()),
@@ -194,4 +185,32 @@ def resolve(strategy: str, mesh: Mesh | None, options: Mapping[str, Any] | None 
         loop=loop,
         loop_axis=STRATEGIES[loop].axis if loop else None,
         options=tuple(sorted(merged.items())),
+        exact=all(s.exact for s in specs),
+        sample=runner.sample,
+        program=runner.program,
     )
+
+
+def parse_options(items) -> dict[str, Any]:
+    """``["overlap=0.25", "warmup=3"]`` (``--opt`` values) -> ``{"overlap": 0.25, "warmup": 3}``: ints, then
+    floats, else the text. Raises ValueError naming an item that is not ``NAME=VALUE``."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--opt {item!r}: write NAME=VALUE, e.g. --opt overlap=0.25 --opt warmup=3")
+        v: Any = value.strip()
+        for conv in (int, float):
+            try:
+                v = conv(v)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = v
+    return out
+
+
+def options_for(strategy: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``options`` that the strategies of ``strategy`` know (the rest belong to others)."""
+    known = {k for n in split_names(strategy) for k in STRATEGIES[n].options}
+    return {k: v for k, v in options.items() if k in known}

@@ -1,10 +1,10 @@
 """``jaxvdm bench`` / ``jaxvdm comm`` on the tiny model over simulated CPU devices.
 
-One bench run (module fixture) over per-step strategies and ParaStep; its JSON must carry every
-field, speedups must be finite and positive, and the communication must be what each strategy does
-(nothing for one device, > 0 for cfg/ulysses/lp). The DualParal oracle that bench times (compiled
-ahead of time) must equal ``dualparal.serial_oracle``; ``jaxvdm comm`` (abstract weights) must
-report the same bytes as the bench's compiled step.
+One bench run (module fixture) over per-step strategies, ParaStep and DualParal; its JSON must carry
+every field, speedups must be finite and positive, and the communication must be what each strategy does
+(nothing for one device, > 0 for cfg/ulysses/lp). A loop strategy's reference is the same strategy on
+one device (DualParal's pipelined run must equal it); ``jaxvdm comm`` (abstract weights) must report the
+same bytes as the bench's compiled programs; a row that fails says why and makes the command fail.
 """
 
 import argparse
@@ -14,8 +14,6 @@ import math
 import jax
 import numpy as np
 import pytest
-from helpers import rel_err
-
 from jaxvdm import bench
 
 STEP_FIELDS = ("name", "kind", "strategy", "mesh", "devices", "status", "time_s", "times_s", "speedup", "reference",
@@ -56,8 +54,8 @@ def test_json_has_every_field(result):
     assert result["flops"]["per_step"] == bench.dit_flops(bench.model_spec("tiny").config, (5, 8, 8), 16, batch=2)
     rows = {r["name"]: r for r in result["rows"]}
     # ulysses/parastep/dualparal take the 4 devices (the tiny model has 4 layers: 4 stages), lp its --mesh size
-    assert set(rows) == {"single", "cfg", "ulysses", "lp", "parastep", "dualparal",
-                         "single (exact sampler, e2e)", "dualparal oracle (serial, 1 device, e2e)"}
+    assert set(rows) == {"single", "cfg", "ulysses", "lp", "parastep", "dualparal", "parastep on 1 device (e2e)",
+                         "dualparal on 1 device (e2e)"}
     assert rows["ulysses"]["mesh"] == "sp=4" and rows["lp"]["mesh"] == "lp=2"
     assert rows["parastep"]["mesh"] == "step=4" and rows["dualparal"]["mesh"] == "stage=4"
     for r in result["rows"]:
@@ -87,12 +85,14 @@ def test_speedups_finite_positive_and_against_the_right_reference(result):
         np.testing.assert_allclose(r["speedup"], rows["single"]["time_s"] / r["time_s"])
         np.testing.assert_allclose(r["tflops"], r["flops"] / r["time_s"] / 1e12)
     p, d = rows["parastep"], rows["dualparal"]
-    assert p["reference"] == "single (exact sampler, e2e)"
-    assert d["reference"] == "dualparal oracle (serial, 1 device, e2e)"
+    assert p["reference"] == "parastep on 1 device (e2e)"
+    assert d["reference"] == "dualparal on 1 device (e2e)"
     for r in (p, d):
         assert math.isfinite(r["speedup"]) and r["speedup"] > 0
     # one schedule for parastep and its reference, raised to warm-up + devices (1 + 4 > 4)
-    assert p["steps"] == rows["single (exact sampler, e2e)"]["steps"] == 5
+    assert p["steps"] == rows["parastep on 1 device (e2e)"]["steps"] == 5
+    # the one-device reference is the serial algorithm: ParaStep N=1 makes one model call per step
+    assert rows["parastep on 1 device (e2e)"]["sequential_model_calls"] == 5
     assert p["sequential_model_calls"] == 1 + 1 and p["rounds"] == 1
     # the pipelined DualParal run equals its serial oracle; ParaStep is an approximation, but close
     assert d["rel_err_vs_reference"] <= 1e-5
@@ -102,7 +102,7 @@ def test_speedups_finite_positive_and_against_the_right_reference(result):
 def test_communication_is_what_each_strategy_does(result):
     rows = {r["name"]: r for r in result["rows"]}
     assert rows["single"]["comm_bytes_per_device"] == 0 and rows["single"]["comm"]["count"] == 0
-    assert rows["single (exact sampler, e2e)"]["comm_bytes_per_device"] == 0
+    assert rows["parastep on 1 device (e2e)"]["comm_bytes_per_device"] == 0
     for name in ("cfg", "ulysses", "lp", "parastep", "dualparal"):
         assert rows[name]["comm_bytes_per_device"] > 0, name
     latent = 1 * 4 * 5 * 8 * 8 * 4  # f32 bytes of the latent
@@ -116,8 +116,31 @@ def test_communication_is_what_each_strategy_does(result):
     assert rows["ulysses"]["comm"]["per_kind"]["all-to-all"]["count"] == 4 * 4
     assert rows["ulysses"]["comm"]["per_kind"]["all-gather"]["count"] == 1
     # parastep: one all-gather of the 4 guided outputs per round: (n-1)/n * (4 * latent)
-    assert rows["parastep"]["comm_bytes_per_round"] == 3 * latent
+    assert rows["parastep"]["comm_bytes_per_run"] == 3 * latent and rows["parastep"]["comm_unit"].startswith("round")
     assert rows["parastep"]["comm_bytes_per_device"] == rows["parastep"]["rounds"] * 3 * latent
+
+
+def test_lp_row_times_a_step_of_every_axis(result):
+    """The rotating partition compiles a program per axis: the row times one step of each (T, H, W) and
+    reports their mean."""
+    lp = {r["name"]: r for r in result["rows"]}["lp"]
+    variants = lp["step_variants"]
+    assert [v["lp_axis"] for v in variants] == ["T", "H", "W"] and [v["step"] for v in variants] == [0, 1, 2]
+    np.testing.assert_allclose(lp["time_s"], np.mean([v["time_s"] for v in variants]))
+    assert all(v["time_s"] > 0 and len(v["times_s"]) == 2 for v in variants)
+
+
+def test_a_failing_row_says_why_and_fails_the_command(devices, tmp_path, capsys):
+    out = tmp_path / "bad.json"
+    args = _args(["bench", "--model", "tiny", "--dtype", "f32", "--attention", "xla", "--strategies", "lp",
+                  "--mesh", "lp=2", "--opt", "overlap=5", "--no-baseline", "--repeats", "1", "--no-warm-compile",
+                  "--json", str(out)])
+    assert bench.run(args) == 1
+    printed = capsys.readouterr()
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["status"] == "error" and "overlap" in row["reason"] and "[0, K-1]" in row["reason"]
+    assert row["reason"] in printed.out  # the whole reason, not cut
+    assert "1 row(s) failed: lp" in printed.err
 
 
 def test_table_and_progressive_json(result, capsys):
@@ -128,7 +151,8 @@ def test_table_and_progressive_json(result, capsys):
 
 
 def test_comm_command_matches_the_compiled_step(result, tmp_path, capsys):
-    """The abstract-weight step of ``jaxvdm comm`` is the sampler's step: same collectives, same bytes."""
+    """The abstract-weight program of ``jaxvdm comm`` is the one bench measured: same collectives, same bytes
+    (for a step, and for a ParaStep round)."""
     out = tmp_path / "comm.json"
     args = _args(["comm", "--model", "tiny", "--dtype", "f32", "--attention", "xla", "--mesh", "sp=4,cfg=2",
                   "--strategy", "ulysses,cfg", "--json", str(out)])
@@ -142,26 +166,12 @@ def test_comm_command_matches_the_compiled_step(result, tmp_path, capsys):
         assert {k: v["count"] for k, v in res[s]["per_kind"].items()} == \
             {k: v["count"] for k, v in rows[s]["comm"]["per_kind"].items()}
     assert set(res["cfg"]["phases"]) == {"cfg_combine"}  # nothing inside the model
-    with pytest.raises(ValueError, match="loop strategy"):
-        bench.run_comm(_args(["comm", "--model", "tiny", "--mesh", "step=2", "--strategy", "parastep"]))
-
-
-def test_dualparal_oracle_timing_loop_equals_serial_oracle(devices):
-    """bench times DualParal's serial oracle through its own ahead-of-time loop: it must be the same algorithm."""
-    from jaxvdm.schedulers import UniPC
-    from jaxvdm.sharding import dualparal as dp
-
-    args = _args(["bench", "--model", "tiny", "--dtype", "f32", "--attention", "xla", "--frames", "25",
-                  "--e2e-runs", "1", "--dualparal-steps", "3", "--opt", "block_frames=2", "--opt", "context_frames=1"])
-    args._loop_sizes = {}
-    ctx = bench._Context(args)
-    unit = bench.Unit("oracle", "e2e", "dualparal_oracle", "dualparal", None)
-    row, out = bench._measure_dualparal_oracle(ctx, unit)
-    assert row["blocks"] == 3 and row["sequential_model_calls"] == 3 * 3
-    plan, geo, noise, sched, _ = bench._dualparal_setup(ctx, "dualparal", None)
-    ref = dp.serial_oracle(ctx.pipe.transformer, dp.coordinated_noise(noise, geo), ctx.context, ctx.guidance,
-                           UniPC(3, shift=ctx.shift), geo, attention="xla")
-    assert rel_err(out, ref) <= 1e-6
+    out = tmp_path / "comm_parastep.json"
+    assert bench.run_comm(_args(["comm", "--model", "tiny", "--dtype", "f32", "--attention", "xla", "--mesh",
+                                 "step=4", "--strategy", "parastep", "--steps", "5", "--opt", "warmup=1",
+                                 "--json", str(out)])) == 0
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["unit"].startswith("round") and r["bytes_per_device"] == rows["parastep"]["comm_bytes_per_run"]
 
 
 def test_mesh_planning_and_flops():
@@ -174,7 +184,7 @@ def test_mesh_planning_and_flops():
     assert axes is None and "--mesh" in why
     assert bench.mesh_for("ulysses+fsdp", {"fsdp": 2}, 8) == ({"fsdp": 2, "sp": 4}, None)
     # analytic FLOPs, by hand for Wan 1.3B at 480x832x81 (S = 21*30*52, D = 1536, F = 8960, L = 512)
-    from jaxvdm.presets import wan_config
+    from jaxvdm.models.presets import wan_config
 
     S, D, F, L = 21 * 30 * 52, 1536, 8960, 512
     layer = 8 * S * D * D + 4 * S * S * D + 4 * S * D * D + 4 * L * D * D + 4 * S * L * D + 4 * S * D * F
@@ -183,6 +193,8 @@ def test_mesh_planning_and_flops():
         2 * (30 * layer + embed + 2 * S * D * 64)
     with pytest.raises(ValueError, match="unknown model"):
         bench.model_spec("nope")
+    from jaxvdm.models.pipeline import parse_size
+
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
-        bench._size("480")
+        parse_size("480")
 

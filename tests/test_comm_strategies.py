@@ -24,12 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvdm.models.wan.config import WanConfig
-from jaxvdm.models.wan.loader import init_transformer
+from jaxvdm.models.wan.transformer import WanConfig, init_transformer
 from jaxvdm.profiling import PHASES
-from jaxvdm.sampling import Denoiser
-from jaxvdm.schedulers import UniPC
-from jaxvdm.sharding import comm, lp
+from jaxvdm.sharding.sampling import Denoiser
+from jaxvdm.models.schedulers import UniPC
+from jaxvdm.sharding import comm
 from jaxvdm.sharding.mesh import make_mesh, parse_mesh_spec
 from jaxvdm.sharding.registry import resolve
 
@@ -53,7 +52,7 @@ def step_report(model, strategy, mesh_spec, *, guidance=True):
     mesh = make_mesh(parse_mesh_spec(mesh_spec)) if mesh_spec else None
     plan = resolve(strategy, mesh)
     den = Denoiser(model, plan, mesh, attention="xla")
-    window = lp.windows_for(plan, SHAPE, CFG.patch_size, SCHED.num_steps)(0) if plan.lp_axis else None
+    window = den.windows(SHAPE, SCHED.num_steps)[0]
     x = den.place(jnp.zeros(SHAPE, jnp.float32))
     ctx = den.place(jnp.zeros((2 if guidance else 1, 5, 12), jnp.float32))
     args = (den.state, x, den.place(SCHED.init(x)), jnp.int32(0), ctx, den.place(jnp.float32(5.0)))

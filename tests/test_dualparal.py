@@ -1,6 +1,5 @@
 """DualParal on devices: the pipelined run equals the serial oracle; memory per stage; errors."""
 
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -10,12 +9,10 @@ from flax import nnx
 from helpers import rel_err
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxvdm.models.wan.config import WanConfig
-from jaxvdm.models.wan.loader import abstract_transformer, init_transformer
-from jaxvdm.pipeline import Pipeline
-from jaxvdm.presets import wan_config
-from jaxvdm.sampling import Denoiser
-from jaxvdm.schedulers import UniPC
+from jaxvdm.models.wan.transformer import WanConfig, abstract_transformer, init_transformer
+from jaxvdm.models.presets import wan_config
+from jaxvdm.sharding import sampling
+from jaxvdm.models.schedulers import UniPC
 from jaxvdm.sharding import dualparal as dp
 from jaxvdm.sharding import dualparal_pipeline
 from jaxvdm.sharding.mesh import make_mesh
@@ -32,40 +29,39 @@ SCHED = UniPC(3, shift=3.0)
 @pytest.fixture(scope="module")
 def setup():
     model = init_transformer(CFG, seed=0)
-    pipe = Pipeline("tiny", model, None, None, (1, 1, 1), {})
     noise = jax.random.normal(jax.random.key(0), SHAPE)
     ctx = jax.random.normal(jax.random.key(1), (2, 5, 12))
     plan = resolve("dualparal", None, dict(block_frames=B, context_frames=C))
-    ref, _ = dp.sample(pipe, plan, None, noise, ctx, 5.0, SCHED)
-    return pipe, noise, ctx, np.asarray(ref)
+    ref, _ = dp.sample(model, plan, None, noise, ctx, 5.0, SCHED)
+    return model, noise, ctx, np.asarray(ref)
 
 
 @pytest.mark.parametrize("mesh", [dict(stage=2), dict(stage=4), dict(stage=8), dict(cfg=2, stage=4)])
 def test_pipeline_equals_serial_oracle(setup, devices, mesh):
-    pipe, noise, ctx, ref = setup
+    model, noise, ctx, ref = setup
     m = make_mesh(**mesh)
     strategy = "dualparal+cfg" if "cfg" in mesh else "dualparal"
     plan = resolve(strategy, m, dict(block_frames=B, context_frames=C))
-    out, info = dp.sample(pipe, plan, m, noise, ctx, 5.0, SCHED)
+    out, info = dp.sample(model, plan, m, noise, ctx, 5.0, SCHED)
     assert rel_err(out, ref) <= 1e-5
     assert 0.0 < info["bubble_ratio"] < 1.0
 
 
 def test_one_block_is_the_ordinary_loop(setup):
-    pipe, noise, ctx, _ = setup
+    model, noise, ctx, _ = setup
     geo = dp.geometry((1, 4, B + C, 4, 4), CFG.patch_size, B, C)
     x0 = dp.coordinated_noise(noise[:, :, : B + C], geo)
-    out = dp.serial_oracle(pipe.transformer, x0, ctx, 5.0, SCHED, geo)
-    ref, _ = Denoiser(pipe.transformer, resolve("single", None), None).sample(x0, ctx, 5.0, SCHED)
+    out, _ = dp.serial_oracle(model, x0, ctx, 5.0, SCHED, geo)
+    ref, _ = sampling.sample(model, resolve("single", None), None, x0, ctx, 5.0, SCHED)
     assert rel_err(out, ref) <= 1e-5
 
 
 def test_context_and_cache_reach_the_model(setup):
     """Neighbouring blocks influence each other: with context, block 1 differs from denoising it alone."""
-    pipe, noise, ctx, ref = setup
+    model, noise, ctx, ref = setup
     geo = dp.geometry((1, 4, B + C, 4, 4), CFG.patch_size, B, C)
     x0 = dp.coordinated_noise(noise, dp.geometry(SHAPE, CFG.patch_size, B, C))
-    alone = dp.serial_oracle(pipe.transformer, x0[:, :, B:B + B + C], ctx, 5.0, SCHED, geo)
+    alone, _ = dp.serial_oracle(model, x0[:, :, B:B + B + C], ctx, 5.0, SCHED, geo)
     assert rel_err(ref[:, :, C + B:C + 2 * B], np.asarray(alone)[:, :, C:]) > 1e-3
 
 
@@ -94,7 +90,7 @@ def test_stage_parameter_bytes_are_a_share_of_the_blocks(devices):
 
 
 def test_errors(setup):
-    pipe, noise, ctx, _ = setup
+    model, noise, ctx, _ = setup
     with pytest.raises(ValueError, match="C > B|context"):
         dp.geometry(SHAPE, CFG.patch_size, 2, 3)
     with pytest.raises(ValueError, match="latent frames"):
@@ -103,7 +99,5 @@ def test_errors(setup):
         dp.stage_layers(2, 8)
     m = make_mesh(stage=4)
     plan = resolve("dualparal", m, dict(block_frames=2, context_frames=1))
-    short = (1, 4, 1 + 3 * 2, 4, 4)
     with pytest.warns(UserWarning, match="3 blocks cannot fill a pipeline of 4 stages .* bubble ratio"):
-        dp.sample(pipe, plan, m, noise[:, :, :7], ctx, 5.0, SCHED)
-    del short
+        dp.sample(model, plan, m, noise[:, :, :7], ctx, 5.0, SCHED)

@@ -8,14 +8,13 @@ from flax import nnx
 from helpers import rel_err
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxvdm.models.wan.config import WanConfig
-from jaxvdm.models.wan.loader import abstract_transformer, init_transformer
-from jaxvdm.presets import wan_config
-from jaxvdm.sampling import Denoiser
-from jaxvdm.schedulers import UniPC
+from jaxvdm.models.wan.transformer import WanConfig, abstract_transformer, init_transformer
+from jaxvdm.models.presets import wan_config
+from jaxvdm.sharding.sampling import Denoiser
+from jaxvdm.models.schedulers import UniPC
 from jaxvdm.sharding import fsdp
 from jaxvdm.sharding.mesh import make_mesh, parse_mesh_spec
-from jaxvdm.sharding.predict import _block_dims, guided_prediction, shard_map, state_specs
+from jaxvdm.sharding.predict import block_dims, guided_prediction, shard_map, state_specs
 from jaxvdm.sharding.registry import resolve
 
 # 3 heads (divides none of 2, 4, 8) and a 3x6x10 latent with patch 1x2x2: 45 tokens (divides none of 2, 4, 8).
@@ -72,10 +71,10 @@ def test_fsdp_per_device_parameter_bytes_on_the_real_model(devices):
     plan = resolve("fsdp", mesh)
     graphdef, state = nnx.split(model)
     specs = state_specs(state, plan)
-    dims = _block_dims(model, plan)
+    dims = block_dims(model, plan)
 
     def predict(st, x, t, ctx, g):
-        return guided_prediction(nnx.merge(graphdef, st), x, t, ctx, g, plan=plan, block_dims=dims)
+        return guided_prediction(nnx.merge(graphdef, st), x, t, ctx, g, plan=plan, dims=dims)
 
     f = jax.jit(shard_map(predict, mesh=mesh, in_specs=(specs, P(), P(), P(), P()), out_specs=P()))
     rep = NamedSharding(mesh, P())

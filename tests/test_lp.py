@@ -1,16 +1,14 @@
 """Latent Parallelism on devices: exact limits, global positions, composition, errors."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import rel_err
 
 from jaxvdm.models.wan import rope as rope_lib
-from jaxvdm.models.wan.config import WanConfig
-from jaxvdm.models.wan.loader import init_transformer
-from jaxvdm.sampling import Denoiser
-from jaxvdm.schedulers import UniPC
+from jaxvdm.models.wan.transformer import WanConfig, init_transformer
+from jaxvdm.sharding.sampling import Denoiser
+from jaxvdm.models.schedulers import UniPC
 from jaxvdm.sharding import lp, lp_partition
 from jaxvdm.sharding.mesh import make_mesh, parse_mesh_spec
 from jaxvdm.sharding.registry import resolve
@@ -33,8 +31,7 @@ def setup():
 def _lp(model, noise, ctx, strategy, mesh, **opts):
     m = make_mesh(parse_mesh_spec(mesh))
     plan = resolve(strategy, m, opts)
-    windows = lp.windows_for(plan, SHAPE, CFG.patch_size, SCHED.num_steps)
-    out, _ = Denoiser(model, plan, m).sample(noise, ctx, 5.0, SCHED, windows=windows)
+    out, _ = Denoiser(model, plan, m).sample(noise, ctx, 5.0, SCHED)
     return np.asarray(out)
 
 

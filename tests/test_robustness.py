@@ -473,20 +473,18 @@ def test_ctrl_c_while_encoding_leaves_no_partial_file(tmp_path, monkeypatch, suf
 
 
 def test_ctrl_c_in_the_cli_during_denoising_and_saving(tmp_path, monkeypatch, capsys):
-    from jaxvdm.sampling import Denoiser
+    from jaxvdm.sharding import runtime
 
-    real_sample = Denoiser.sample
+    finished = []
 
-    def interrupted_sample(self, *a, **k):
-        def ctrl_c(i):
-            if i == 1:
-                raise KeyboardInterrupt
-
-        return real_sample(self, *a, **{**k, "on_step": ctrl_c})
+    def ctrl_c_after_step_1(self, n=1, result=None):
+        finished.append(n)
+        if len(finished) == 2:
+            raise KeyboardInterrupt
 
     out = tmp_path / "v.npz"
     with monkeypatch.context() as m:
-        m.setattr(Denoiser, "sample", interrupted_sample)
+        m.setattr(runtime._Bar, "done", ctrl_c_after_step_1)
         status, err = _cli(capsys, "-o", str(out), "--steps", "3")  # a real generation, stopped after step 1
     assert status == 130 and "interrupted (no output written)" in err
     assert list(tmp_path.iterdir()) == []

@@ -1,13 +1,12 @@
 """jaxvdm's sampling loop against diffusers' WanPipeline (UniPC, CFG), from the same latents and embeddings."""
 
-import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from helpers import rel_err
 
 import jaxvdm
-from jaxvdm.models.wan.loader import load_transformer
+from jaxvdm.models.wan.transformer import load_transformer
 from jaxvdm.pipeline import Pipeline, SizeError
 
 

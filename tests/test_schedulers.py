@@ -1,4 +1,4 @@
-"""Parity of jaxvdm.schedulers with diffusers' UniPCMultistepScheduler (Wan's settings) and
+"""Parity of jaxvdm.models.schedulers with diffusers' UniPCMultistepScheduler (Wan's settings) and
 FlowMatchEulerDiscreteScheduler, on CPU.
 
 References:
@@ -20,7 +20,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from helpers import rel_err
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxvdm.schedulers import Euler, EulerState, UniPC, UniPCState, make_scheduler
+from jaxvdm.models.schedulers import Euler, EulerState, UniPC, UniPCState, make_scheduler
 
 NUM_STEPS = (1, 2, 10, 50)
 SHIFTS = (1.0, 3.0, 5.0)

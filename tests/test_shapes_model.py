@@ -13,7 +13,7 @@ from jaxvdm.models.checkpoint import CheckpointError, read_safetensors, write_sa
 from jaxvdm.models.shapes import data
 from jaxvdm.models.shapes import evaluate as ev
 from jaxvdm.models.shapes.model import WEIGHTS_PATH, load_model, preset
-from jaxvdm.models.wan.config import WanConfig
+from jaxvdm.models.wan.transformer import WanConfig
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from jax.sharding import AxisType, PartitionSpec as P
 
 from jaxvdm.models.checkpoint import CheckpointError, read_safetensors, write_safetensors
 from jaxvdm.models.wan.vae import WanVAEConfig, denormalize_latents, load_vae, normalize_latents
-from jaxvdm.models.wan.vae_sharded import decode_sharded
+from jaxvdm.models.wan.vae.sharded import decode_sharded
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

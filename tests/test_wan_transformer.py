@@ -15,14 +15,14 @@ from helpers import rel_err
 
 from jaxvdm.models.checkpoint import CheckpointError, read_safetensors, write_safetensors
 from jaxvdm.models.wan import rope as rope_lib
-from jaxvdm.models.wan.config import WanConfig
-from jaxvdm.models.wan.loader import (
+from jaxvdm.models.wan.transformer import (
+    WanConfig,
     abstract_transformer,
     count_parameters,
     load_transformer,
     save_converted,
 )
-from jaxvdm.presets import wan_config
+from jaxvdm.models.presets import wan_config
 
 # Three small configurations that differ in heads, head dim, FFN width, text length/dim, patch,
 # latent sizes (odd ones included) and the cross-attention norm.

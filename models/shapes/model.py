@@ -25,8 +25,7 @@ import numpy as np
 from flax import nnx
 
 from jaxvdm.models.checkpoint import CheckpointError, check_tensors, read_safetensors, write_safetensors
-from jaxvdm.models.wan.config import WanConfig
-from jaxvdm.models.wan.transformer import WanTransformer
+from jaxvdm.models.wan.transformer import WanConfig, WanTransformer
 
 __all__ = ["WordEncoder", "ShapesModel", "init_model", "save_model", "load_model", "WEIGHTS_PATH", "preset"]
 
@@ -35,7 +34,7 @@ _FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, 
 
 
 def preset() -> dict:
-    from jaxvdm.presets import load_preset
+    from jaxvdm.models.presets import load_preset
 
     return load_preset("shapes")
 

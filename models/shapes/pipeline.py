@@ -43,7 +43,7 @@ def encode_captions(model, prompts: list[str]) -> jax.Array:
 def load_shapes_pipeline(path: str | os.PathLike | None = None):
     """The shipped model (or retrained weights at ``path``) as a Pipeline with the preset's defaults."""
     from jaxvdm.models.shapes.model import load_model, preset
-    from jaxvdm.pipeline import Pipeline
+    from jaxvdm.models.pipeline import Pipeline
 
     model = load_model(path)
     p = preset()["pipeline"]

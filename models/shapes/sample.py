@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxvdm.schedulers import make_scheduler
+from jaxvdm.models.schedulers import make_scheduler
 
 __all__ = ["sample_clips"]
 

@@ -42,7 +42,7 @@ from flax import nnx
 
 from jaxvdm.models.shapes import data, device_render
 from jaxvdm.models.shapes.model import init_model, save_model
-from jaxvdm.models.wan.config import WanConfig
+from jaxvdm.models.wan.transformer import WanConfig
 
 __all__ = ["main", "train"]
 

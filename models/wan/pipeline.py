@@ -17,6 +17,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxvdm.models.checkpoint import CheckpointError, read_config
+from jaxvdm.models.pipeline import Pipeline
+from jaxvdm.models.presets import list_presets, load_preset, wan_config
+from jaxvdm.models.wan.text_encoder import encode_prompts, load_text_encoder, load_tokenizer
+from jaxvdm.models.wan.transformer import init_transformer, load_transformer
+from jaxvdm.models.wan.vae import denormalize_latents, load_vae
+from jaxvdm.models.wan.vae.sharded import decode_sharded
 
 __all__ = ["load_pipeline", "random_pipeline", "WAN_DEFAULTS"]
 
@@ -28,8 +34,6 @@ WAN_DEFAULTS = dict(num_frames=81, height=480, width=832, steps=50, guidance_sca
 
 
 def _defaults_for(transformer_config) -> dict:
-    from jaxvdm.presets import list_presets, load_preset, wan_config
-
     for name in list_presets():
         p = load_preset(name)
         if p.get("family") == "wan" and wan_config(name) == transformer_config:
@@ -91,11 +95,7 @@ def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dt
     Raises CheckpointError naming a missing component, and (through the component loaders) every
     tensor that does not match its config.
     """
-    from jaxvdm.models.wan.loader import load_transformer
-    from jaxvdm.models.wan.text_encoder import encode_prompts, load_text_encoder, load_tokenizer
-    from jaxvdm.models.wan.vae import denormalize_latents, load_vae
-    from jaxvdm.pipeline import Pipeline
-
+    
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a directory (expected a diffusers Wan folder with model_index.json)")
@@ -122,8 +122,6 @@ def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dt
         z = denormalize_latents(jnp.asarray(z, jnp.float32), vae.config)
         if mesh is None or mesh.size == 1:
             return vae.decode(z)
-        from jaxvdm.models.wan.vae_sharded import decode_sharded
-
         flat = jax.sharding.Mesh(mesh.devices.reshape(-1), ("vae",))
         return decode_sharded(vae, z, flat, "vae", split=vae_split)
 
@@ -138,10 +136,7 @@ def random_pipeline(preset: str, *, dtype=jnp.bfloat16, seed: int = 0, text_len:
     For speed benchmarks, where the shapes are what matter: pass ``prompt_embeds`` (e.g. random
     ``[1, text_len, text_dim]``) and ``decode=False`` to :func:`jaxvdm.generate`.
     """
-    from jaxvdm.models.wan.loader import init_transformer
-    from jaxvdm.pipeline import Pipeline
-    from jaxvdm.presets import load_preset, wan_config
-
+    
     cfg = wan_config(preset)
     p = load_preset(preset)["pipeline"]
     model = init_transformer(cfg, seed=seed, dtype=dtype, param_dtype=dtype)

@@ -27,128 +27,27 @@ default 1). Only one step's activations are alive at a time; results equal the r
 Precision: convolutions and projections run in ``dtype``; RMS norms and the attention softmax in
 float32; outputs are float32.
 
-The spatial split used by :mod:`jaxvdm.models.wan.vae_sharded` enters through the ``sp`` argument of
+The spatial split used by :mod:`jaxvdm.models.wan.vae.sharded` enters through the ``sp`` argument of
 the decoder layers (``None`` on one device): 3x3 convolutions take their halo from ``sp`` and the
 mid-block attention gathers keys/values through it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvdm.models.checkpoint import CheckpointError, check_tensors, read_config, read_safetensors_dir
+from jaxvdm.models.wan.vae.config import WanVAEConfig
 
-__all__ = [
-    "WanVAEConfig",
-    "WanVAE",
-    "load_vae",
-    "params_from_diffusers",
-    "diffusers_tensor_shapes",
-    "normalize_latents",
-    "denormalize_latents",
-    "abstract_vae",
-]
+__all__ = ["WanVAE", "abstract_vae", "normalize_latents", "denormalize_latents", "CACHE_T"]
 
 F32 = jnp.float32
 CACHE_T = 2  # frames of history every causal 3x3x3 convolution carries between chunks
-_WEIGHTS = "diffusion_pytorch_model"
-
-_WAN21_MEAN = (
-    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
-)  # fmt: skip
-_WAN21_STD = (
-    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
-)  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclasses.dataclass(frozen=True)
-class WanVAEConfig:
-    """Architecture of an ``AutoencoderKLWan`` (the fields of its ``config.json`` that matter).
-
-    Only the Wan2.1 family is supported: ``is_residual=False``, no ``patch_size``, no encoder
-    attention (``attn_scales=[]``). Defaults are the released Wan2.1 VAE.
-    """
-
-    base_dim: int = 96
-    decoder_base_dim: int | None = None
-    z_dim: int = 16
-    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
-    num_res_blocks: int = 2
-    attn_scales: tuple[float, ...] = ()
-    temperal_downsample: tuple[bool, ...] = (False, True, True)
-    latents_mean: tuple[float, ...] = _WAN21_MEAN
-    latents_std: tuple[float, ...] = _WAN21_STD
-    in_channels: int = 3
-    out_channels: int = 3
-    is_residual: bool = False
-    patch_size: int | None = None
-
-    def __post_init__(self):
-        if self.is_residual:
-            raise ValueError("is_residual=True is the Wan2.2 VAE, which jaxvdm does not implement; use a Wan2.1 VAE")
-        if self.patch_size not in (None, 1):
-            raise ValueError(
-                f"patch_size={self.patch_size} (Wan2.2 VAE) is not supported; use a Wan2.1 VAE (patch_size null)"
-            )
-        if tuple(self.attn_scales):
-            raise ValueError(
-                f"attn_scales={list(self.attn_scales)}: encoder attention is not supported (the reference's "
-                "chunked encoder cannot run it either); Wan2.1 uses attn_scales=[]"
-            )
-        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
-            raise ValueError(
-                f"temperal_downsample has {len(self.temperal_downsample)} entries but dim_mult "
-                f"{list(self.dim_mult)} needs {len(self.dim_mult) - 1} (one per downsampling level)"
-            )
-        for name in ("base_dim", "z_dim", "num_res_blocks", "in_channels", "out_channels"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> WanVAEConfig:
-        """From a diffusers ``config.json`` dict; unknown keys (``_class_name``, ``dropout``, ...) are ignored."""
-        kw: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in d or d[f.name] is None and f.name not in ("decoder_base_dim", "patch_size"):
-                continue
-            v = d[f.name]
-            if v is not None:
-                if f.name in ("dim_mult", "attn_scales", "latents_mean", "latents_std"):
-                    v = tuple(v)
-                elif f.name == "temperal_downsample":
-                    v = tuple(bool(b) for b in v)
-            kw[f.name] = v
-        return cls(**kw)
-
-    @property
-    def decoder_dim(self) -> int:
-        return self.base_dim if self.decoder_base_dim is None else self.decoder_base_dim
-
-    @property
-    def spatial_factor(self) -> int:
-        """Pixels per latent pixel along H and W (8 for Wan2.1)."""
-        return 2 ** (len(self.dim_mult) - 1)
-
-    @property
-    def temporal_factor(self) -> int:
-        """Frames per latent frame after the first (4 for Wan2.1)."""
-        return 2 ** sum(bool(b) for b in self.temperal_downsample)
 
 
 # ----------------------------------------------------------------------------- primitives
@@ -532,7 +431,7 @@ class WanVAE(nnx.Module):
         """``z [B, z, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w]`` float32 in [-1, 1]; traceable.
 
         Latent frame 0 alone, then a ``lax.scan`` over steps of ``chunk`` latent frames carrying the
-        causal caches. ``sp`` is a spatial split (see :mod:`jaxvdm.models.wan.vae_sharded`): inside
+        causal caches. ``sp`` is a spatial split (see :mod:`jaxvdm.models.wan.vae.sharded`): inside
         ``shard_map``, ``z`` is then this device's shard and so is the result.
         """
         self.check_latents(z.shape)
@@ -621,111 +520,6 @@ def denormalize_latents(z: jax.Array, config: WanVAEConfig) -> jax.Array:
     return jnp.asarray(z, F32) * std + mean
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
 def abstract_vae(config: WanVAEConfig, *, dtype=F32, param_dtype=None) -> WanVAE:
     """A WanVAE whose parameters are ``jax.ShapeDtypeStruct`` (nothing allocated)."""
     return nnx.eval_shape(lambda: WanVAE(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-
-
-def _torch_entry(path: tuple, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...], str]:
-    """Our parameter path and shape -> (diffusers tensor name, PyTorch shape, layout kind)."""
-    parts = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
-    leaf, parent = parts[-1], parts[-2]
-    if leaf == "gamma":  # attention norm is (C, 1, 1), the others (C, 1, 1, 1)
-        return ".".join(parts), (shape[0], 1, 1) if parent == "norm" else (shape[0], 1, 1, 1), "gamma"
-    mod = parts[:-1]
-    if parent == "resample":
-        mod = mod + ["1"]  # nn.Sequential(pad-or-upsample, Conv2d)
-    name = ".".join(mod + ["weight" if leaf == "kernel" else leaf])
-    if leaf == "bias":
-        return name, tuple(shape), "copy"
-    if parent in ("to_qkv", "proj"):
-        return name, (shape[1], shape[0], 1, 1), "linear"
-    if parent == "resample":
-        return name, (shape[4], shape[3], shape[1], shape[2]), "conv2d"
-    return name, (shape[4], shape[3], *shape[:3]), "conv3d"
-
-
-def _entries(config: WanVAEConfig) -> list[tuple[tuple, str, tuple[int, ...], str]]:
-    state = nnx.state(abstract_vae(config), nnx.Param)
-    flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
-    return [(path, *_torch_entry(path, tuple(leaf.shape))) for path, leaf in flat]
-
-
-def diffusers_tensor_shapes(config: WanVAEConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name of a diffusers ``AutoencoderKLWan`` of ``config`` with its PyTorch shape."""
-    return {name: shape for _, name, shape, _ in _entries(config)}
-
-
-_FROM_TORCH = {
-    "copy": lambda a: a,
-    "gamma": lambda a: a.reshape(-1),
-    "linear": lambda a: a[:, :, 0, 0].T,  # [O, I, 1, 1] -> [I, O]
-    "conv2d": lambda a: a.transpose(2, 3, 1, 0)[None],  # [O, I, kh, kw] -> [1, kh, kw, I, O]
-    "conv3d": lambda a: a.transpose(2, 3, 4, 1, 0),  # [O, I, kt, kh, kw] -> [kt, kh, kw, I, O]
-}
-
-
-def params_from_diffusers(config: WanVAEConfig, sd: Mapping[str, np.ndarray], *, source: str = "checkpoint") -> dict:
-    """Converts a diffusers ``AutoencoderKLWan`` state dict (name -> numpy array) to jaxvdm's parameter
-    tree (nested dict of numpy arrays matching ``nnx.to_pure_dict`` of a :class:`WanVAE`).
-
-    Convolution weights become channels-last kernels ``[kt, kh, kw, Cin, Cout]`` (2-D ones get
-    ``kt = 1``), 1x1 attention convolutions ``[Cin, Cout]`` matrices, norm gammas vectors ``[C]``.
-    Raises CheckpointError naming every missing, unexpected or mis-shaped tensor (a config that
-    does not match the weights shows up as mis-shaped, missing or unexpected names).
-    """
-    entries = _entries(config)
-    check_tensors({name: shape for _, name, shape, _ in entries}, sd, source=source)
-    out: dict = {}
-    for path, name, _, kind in entries:
-        node = out
-        keys = [getattr(p, "key", getattr(p, "idx", p)) for p in path]
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = np.ascontiguousarray(_FROM_TORCH[kind](np.asarray(sd[name])))
-    return out
-
-
-def _model_from_params(config: WanVAEConfig, params: dict, dtype, param_dtype) -> WanVAE:
-    graphdef, state = nnx.split(abstract_vae(config, dtype=dtype, param_dtype=param_dtype))
-
-    def take(path, leaf):
-        node = params
-        for k in path:
-            node = node[getattr(k, "key", getattr(k, "idx", k))]
-        arr = np.asarray(node)
-        if arr.shape != tuple(leaf.shape):  # guards the conversion itself; the strict check ran first
-            raise CheckpointError(
-                f"internal: converted {jax.tree_util.keystr(path)} is {arr.shape}, model needs {leaf.shape}"
-            )
-        return jnp.asarray(arr, dtype=leaf.dtype)
-
-    pure = jax.tree_util.tree_map_with_path(take, nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, pure)
-    return nnx.merge(graphdef, state)
-
-
-def load_vae(path: str | os.PathLike, dtype=F32, *, param_dtype=None) -> WanVAE:
-    """Loads a diffusers ``AutoencoderKLWan`` folder (the ``vae/`` folder of a Wan2.1 Diffusers download).
-
-    Reads ``path/config.json`` and ``path/diffusion_pytorch_model.safetensors`` (or the sharded
-    layout with its index) strictly: a missing config, truncated file, or any missing, unexpected
-    or mis-shaped tensor raises :class:`~jaxvdm.models.checkpoint.CheckpointError` naming it.
-
-    Args:
-      path: the folder.
-      dtype: computation dtype (float32 for parity with the reference).
-      param_dtype: storage dtype (default ``dtype``).
-    """
-    path = Path(path)
-    cfg_dict = read_config(path)
-    try:
-        config = WanVAEConfig.from_dict(cfg_dict)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / 'config.json'}: unsupported or invalid VAE config: {e}") from None
-    sd = read_safetensors_dir(path, _WEIGHTS)
-    params = params_from_diffusers(config, sd, source=str(path))
-    return _model_from_params(config, params, dtype, dtype if param_dtype is None else param_dtype)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from jaxvdm.models.wan.vae import WanVAE
+from jaxvdm.models.wan.vae.model import WanVAE
 
 __all__ = ["SpatialSplit", "decode_sharded", "replicate"]
 

@@ -33,9 +33,10 @@ from flax import nnx
 
 from jaxvdm.models.wan import rope as rope_lib
 from jaxvdm.models.wan.attention import AttentionFn, get_attention
-from jaxvdm.models.wan.config import WanConfig
+from jaxvdm.models.wan.transformer.config import WanConfig
 
-__all__ = ["WanTransformer", "Conditioning", "ExtraKV", "patchify", "unpatchify", "timestep_embedding"]
+__all__ = ["WanTransformer", "Conditioning", "ExtraKV", "patchify", "unpatchify", "timestep_embedding", "init_transformer",
+           "abstract_transformer", "count_parameters", "is_block_path"]
 
 F32 = jnp.float32
 
@@ -453,3 +454,27 @@ class WanTransformer(nnx.Module):
         x, temb, cond = self.embed(latents, timestep, context, offset=offset)
         x = self.run_blocks(x, cond, self_attention=attention, cross_attention=attention)
         return self.head(x, temb, grid)
+
+
+# ----------------------------------------------------------------------------- construction
+
+
+def is_block_path(path) -> bool:
+    """Whether a key path of the model's state (``jax.tree_util`` keys) is a stacked block parameter
+    (``blocks/...``, leading layer axis): what weight sharding and pipeline stages split."""
+    return len(path) > 0 and getattr(path[0], "key", None) == "blocks"
+
+
+def abstract_transformer(cfg: WanConfig, *, dtype=jnp.float32, param_dtype=jnp.float32) -> WanTransformer:
+    """A WanTransformer whose parameters are ``jax.ShapeDtypeStruct`` (nothing allocated)."""
+    return nnx.eval_shape(lambda: WanTransformer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+
+
+def count_parameters(model: WanTransformer) -> int:
+    """Number of parameters (works on an abstract model)."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def init_transformer(cfg: WanConfig, *, seed: int = 0, dtype=jnp.float32, param_dtype=jnp.float32) -> WanTransformer:
+    """A randomly initialised WanTransformer (for benchmarks and training from scratch)."""
+    return WanTransformer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))

@@ -1,0 +1,5 @@
+import sys
+
+from jaxvdm.bench import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""The plan of a ``jaxvdm bench`` run: which rows (units) to measure on which mesh, and which are skipped.
+
+A predict-transform strategy gives a per-step row (``kind="step"``) against the one-device exact step
+(``single``). A loop strategy gives an end-to-end row (``kind="e2e"``) against the same strategy on one
+device, which runs its algorithm serially (ParaStep with N = 1 is the serial loop, DualParal on one
+device its serial oracle), measured in the same invocation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from jaxvdm.sharding.mesh import AXES, format_mesh, parse_mesh_spec
+from jaxvdm.sharding.registry import BASELINE, STRATEGIES, split_names
+
+__all__ = ["Unit", "mesh_for", "plan_units", "reference_name"]
+
+
+@dataclasses.dataclass
+class Unit:
+    """One row: ``kind`` "step" (one denoising step) or "e2e" (the whole schedule)."""
+
+    name: str
+    kind: str
+    strategy: str
+    mesh: dict | None
+    reference: str | None = None
+
+
+def reference_name(loop: str) -> str:
+    """The row name of a loop strategy's one-device reference."""
+    return f"{loop} on 1 device (e2e)"
+
+
+def mesh_for(strategy: str, pool: dict[str, int], n_devices: int) -> tuple[dict[str, int] | None, str | None]:
+    """The mesh axes of ``strategy``: sizes from ``pool`` (``--mesh``), a fixed-size axis at its size
+    (``cfg`` = 2), and the one axis left unsized gets the remaining devices. Returns ``(axes, None)`` or
+    ``(None, reason to skip)``."""
+    specs = [STRATEGIES[n] for n in split_names(strategy)]
+    sizes, free = {}, []
+    for s in specs:
+        if s.axis is None:
+            continue
+        if s.axis in pool:
+            sizes[s.axis] = int(pool[s.axis])
+        elif s.fixed_size is not None:
+            sizes[s.axis] = s.fixed_size
+        else:
+            free.append(s.axis)
+    known = math.prod(sizes.values()) if sizes else 1
+    if len(free) > 1:
+        return None, f"give the sizes of axes {free} with --mesh (e.g. --mesh {free[0]}=2)"
+    if free:
+        rest = n_devices // known
+        if rest < 2:
+            return None, (f"axis {free[0]!r} would have size {rest}: needs at least {2 * known} devices, "
+                          f"have {n_devices}")
+        sizes[free[0]] = rest
+    total = math.prod(sizes.values()) if sizes else 1
+    if total > n_devices:
+        return None, f"mesh {format_mesh(sizes)} needs {total} devices, have {n_devices}"
+    order = [a for a in AXES if a in sizes] + [a for a in sizes if a not in AXES]
+    return {a: sizes[a] for a in order}, None
+
+
+def plan_units(strategies: str, mesh: str | None, n_devices: int, *, baseline: bool = True,
+               baseline_given: bool = False) -> tuple[list[Unit], list[dict]]:
+    """The rows to measure for a comma-separated ``strategies`` list on ``n_devices`` devices, and the rows
+    skipped (with their reasons)."""
+    pool = parse_mesh_spec(mesh) if mesh else {}
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if not names:
+        raise ValueError("--strategies is empty; e.g. --strategies single,cfg,ulysses")
+    units: list[Unit] = []
+    skipped: list[dict] = []
+    if baseline and not baseline_given:
+        units.append(Unit(BASELINE, "step", BASELINE, None))
+    step_ref = BASELINE if (baseline or baseline_given) else None
+    references = set()
+    for s in names:
+        parts = split_names(s)
+        if parts == (BASELINE,):
+            continue
+        loop = next((p for p in parts if STRATEGIES[p].kind == "loop"), None)
+        axes, why = mesh_for(s, pool, n_devices)
+        if axes is None:
+            skipped.append({"name": s, "strategy": s, "kind": "e2e" if loop else "step", "status": "skipped",
+                            "reason": why})
+            continue
+        if loop is None:
+            units.append(Unit(s, "step", s, axes, step_ref))
+            continue
+        ref = reference_name(loop)
+        if ref not in references:
+            units.append(Unit(ref, "e2e", loop, None))
+            references.add(ref)
+        units.append(Unit(s, "e2e", s, axes, ref))
+    return units, skipped

@@ -1,0 +1,132 @@
+"""Loading Wan transformer checkpoints: diffusers format, original Wan format, and jaxvdm's orbax copy.
+
+* **diffusers**: a folder with ``config.json`` and ``diffusion_pytorch_model.safetensors`` (or shards
+  listed in ``diffusion_pytorch_model.safetensors.index.json``) — the ``transformer/`` folder of a
+  ``Wan2.1-T2V-*-Diffusers`` download.
+* **original**: the Wan-AI layout: one safetensors file with the original key names
+  (``self_attn.q``, ``head.head``, ``blocks.N.modulation``…), with a ``config.json`` of the original
+  ``WanModel`` (``dim``, ``num_heads``…) beside it, or a bare file plus an explicit config.
+* **orbax**: what :func:`save_converted` (``jaxvdm convert``) writes, so later starts skip conversion.
+
+Loading is strict: every missing, unexpected or mis-shaped tensor is reported by name in one
+:class:`~jaxvdm.models.checkpoint.CheckpointError`; truncated or corrupt files name the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxvdm.models.checkpoint import (CheckpointError, model_from_params, read_config, read_safetensors,
+                                      read_safetensors_dir)
+from jaxvdm.models.wan.transformer.config import WanConfig
+from jaxvdm.models.wan.transformer.keys import infer_config, is_original, original_to_diffusers_names, params_from_diffusers
+from jaxvdm.models.wan.transformer.model import WanTransformer, abstract_transformer
+
+__all__ = ["load_transformer", "load_transformer_params", "save_converted"]
+
+ORBAX_MARKER = "jaxvdm_transformer.json"
+_WEIGHTS = "diffusion_pytorch_model"
+
+
+def load_transformer_params(path: str | os.PathLike, *, config: WanConfig | None = None) -> tuple[WanConfig, dict]:
+    """Reads and converts a checkpoint to ``(config, params)`` (nested dict of numpy arrays).
+
+    ``path`` is a diffusers ``transformer/`` folder, an original-format folder or ``.safetensors``
+    file, or a folder written by :func:`save_converted`.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / ORBAX_MARKER).is_file():
+        return _load_orbax(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"{path}: expected a .safetensors file or a checkpoint folder")
+        sd = read_safetensors(path)
+        cfg_dict = None
+        if config is None and (path.parent / "config.json").is_file():
+            cfg_dict = read_config(path.parent)
+        source = str(path)
+    elif path.is_dir():
+        if config is None:
+            cfg_dict = read_config(path)
+        else:
+            cfg_dict = None
+        sd = _read_dir_weights(path)
+        source = str(path)
+    else:
+        raise CheckpointError(f"{path}: no such file or directory")
+    if config is None:
+        try:
+            config = WanConfig.from_dict(cfg_dict) if cfg_dict is not None else infer_config(sd)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{source}: invalid transformer config: {e}") from None
+    if is_original(sd):
+        sd = original_to_diffusers_names(sd)
+    return config, params_from_diffusers(config, sd, source=source)
+
+
+def _read_dir_weights(path: Path) -> dict[str, np.ndarray]:
+    """diffusers names first; an original-format folder holds one ``*.safetensors`` file of another name."""
+    if (path / f"{_WEIGHTS}.safetensors").is_file() or (path / f"{_WEIGHTS}.safetensors.index.json").is_file():
+        return read_safetensors_dir(path, _WEIGHTS)
+    files = sorted(path.glob("*.safetensors"))
+    if len(files) == 1:
+        return read_safetensors(files[0])
+    return read_safetensors_dir(path, _WEIGHTS)  # raises, saying what it expected
+
+
+def load_transformer(
+    path: str | os.PathLike,
+    *,
+    dtype=jnp.float32,
+    param_dtype=None,
+    config: WanConfig | None = None,
+) -> WanTransformer:
+    """Loads a Wan2.1 transformer checkpoint (diffusers, original or orbax layout).
+
+    Args:
+      path: see :func:`load_transformer_params`.
+      dtype: computation dtype (bfloat16 on accelerators).
+      param_dtype: storage dtype of the parameters (default: ``dtype``).
+      config: architecture, for a bare original-format file without ``config.json``.
+
+    Returns:
+      A :class:`WanTransformer` whose ``model(latents, timestep, context)`` is the diffusers forward.
+    """
+    config, params = load_transformer_params(path, config=config)
+    return model_from_params(abstract_transformer(config, dtype=dtype, param_dtype=param_dtype or dtype), params)
+
+
+def save_converted(model: WanTransformer, dst: str | os.PathLike) -> None:
+    """Saves a model's converted parameters with orbax, plus its config, into folder ``dst``.
+
+    :func:`load_transformer` on ``dst`` gives a model with identical outputs.
+    """
+    import orbax.checkpoint as ocp
+
+    dst = Path(dst).absolute()
+    if dst.exists() and any(dst.iterdir()):
+        raise FileExistsError(f"{dst} exists and is not empty; choose a new folder")
+    dst.mkdir(parents=True, exist_ok=True)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    params = jax.tree.map(lambda a: np.asarray(a), params)
+    ckptr = ocp.PyTreeCheckpointer()
+    ckptr.save(dst / "params", params)
+    (dst / ORBAX_MARKER).write_text(json.dumps({"format": "jaxvdm-orbax-1", "config": model.config.to_dict()}, indent=1))
+
+
+def _load_orbax(path: Path) -> tuple[WanConfig, dict]:
+    import orbax.checkpoint as ocp
+
+    meta = json.loads((path / ORBAX_MARKER).read_text())
+    cfg = WanConfig.from_dict(meta["config"])
+    params = ocp.PyTreeCheckpointer().restore(path.absolute() / "params")
+    return cfg, params

@@ -1,0 +1,41 @@
+"""Loading a Wan VAE checkpoint (the ``vae/`` folder of a diffusers Wan download), strictly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from jaxvdm.models.checkpoint import CheckpointError, model_from_params, read_config, read_safetensors_dir
+from jaxvdm.models.wan.vae.config import WanVAEConfig
+from jaxvdm.models.wan.vae.keys import params_from_diffusers
+from jaxvdm.models.wan.vae.model import WanVAE, abstract_vae
+
+__all__ = ["load_vae"]
+
+F32 = jnp.float32
+_WEIGHTS = "diffusion_pytorch_model"
+
+
+def load_vae(path: str | os.PathLike, dtype=F32, *, param_dtype=None) -> WanVAE:
+    """Loads a diffusers ``AutoencoderKLWan`` folder (the ``vae/`` folder of a Wan2.1 Diffusers download).
+
+    Reads ``path/config.json`` and ``path/diffusion_pytorch_model.safetensors`` (or the sharded
+    layout with its index) strictly: a missing config, truncated file, or any missing, unexpected
+    or mis-shaped tensor raises :class:`~jaxvdm.models.checkpoint.CheckpointError` naming it.
+
+    Args:
+      path: the folder.
+      dtype: computation dtype (float32 for parity with the reference).
+      param_dtype: storage dtype (default ``dtype``).
+    """
+    path = Path(path)
+    cfg_dict = read_config(path)
+    try:
+        config = WanVAEConfig.from_dict(cfg_dict)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: unsupported or invalid VAE config: {e}") from None
+    sd = read_safetensors_dir(path, _WEIGHTS)
+    params = params_from_diffusers(config, sd, source=str(path))
+    return model_from_params(abstract_vae(config, dtype=dtype, param_dtype=dtype if param_dtype is None else param_dtype), params)
