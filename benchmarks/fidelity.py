@@ -1,6 +1,6 @@
 """Fidelity and communication of every strategy on the shipped shapes model, against the exact run.
 
-    python benchmarks/fidelity.py --prompts 4 --random-prompts 8 --json docs/fidelity_cpu.json
+    python benchmarks/fidelity.py --prompts 4 --random-prompts 8 --json benchmarks/results/cpu16-2026-11-23/fidelity_cpu.json
 
 Runs on 8 simulated CPU devices (set before JAX loads). For each strategy and mesh it generates the same
 prompts from the same seeds and reports, against the single-device output: the largest latent error,

@@ -4,7 +4,7 @@
 #
 #   MODE=start bash benchmarks/fidelity_split.sh     # first call: starts the 4 parts, then watches
 #   MODE=watch bash benchmarks/fidelity_split.sh     # later calls on the same machine
-#   here: python benchmarks/fidelity.py --merge <files>/part*.json --json docs/fidelity_cpu.json
+#   here: python benchmarks/fidelity.py --merge <files>/part*.json --json benchmarks/results/cpu16-2026-11-23/fidelity_cpu.json
 #
 # The parts run on the CPU (JAX_PLATFORMS=cpu, 8 simulated devices each). Env: FIDELITY_ARGS (default
 # "--prompts 4 --random-prompts 8"), WATCH_SECONDS (default 570), OUT (default /tmp/fidelity_out).

@@ -1,6 +1,6 @@
 """A clip 10x the shipped model's training length with DualParal, and how smooth its block boundaries are.
 
-    python benchmarks/long_clip.py --frames 160 --stages 4 --json docs/long_clip_cpu.json
+    python benchmarks/long_clip.py --frames 160 --stages 4 --json benchmarks/results/cpu16-2026-11-23/long_clip_cpu.json
 
 Runs the DualParal pipeline on simulated CPU devices (``stage`` axis) and its serial oracle on one
 device, checks they agree, and reports: the mean frame-to-frame change (mean |frame[f+1] - frame[f]|, in

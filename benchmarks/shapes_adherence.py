@@ -1,6 +1,6 @@
 """Prompt adherence of the shipped shapes model on captions it was not evaluated on during training.
 
-    python benchmarks/shapes_adherence.py --prompts 1024 --generate 32 --json docs/shapes/adherence_gpu.json
+    python benchmarks/shapes_adherence.py --prompts 1024 --generate 32 --json benchmarks/results/h200x1-2026-11-23-shapes/adherence_gpu.json
     python benchmarks/shapes_adherence.py --prompts 100 --generate 8     # a 2-core CPU: about 40 minutes
 
 Draws ``--prompts`` random captions of the caption grammar from ``--seed`` (training's evaluation used seed

@@ -48,7 +48,7 @@ def test_shipped_model_follows_its_captions(shipped):
     """Colour, shape and motion all right (the evaluator's ``adherent``) on random captions, at few steps.
 
     At the default 20 steps the shipped model is adherent on 99.6 % of 1,024 captions
-    (docs/shapes/adherence_gpu.json); 4 captions at 6 steps keep this fast and still follow the caption
+    (benchmarks/results/h200x1-2026-11-23-shapes/adherence_gpu.json); 4 captions at 6 steps keep this fast and still follow the caption
     nearly always (one miss allowed); untrained weights follow none."""
     from jaxvdm.models.shapes.sample import sample_clips
 
