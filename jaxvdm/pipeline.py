@@ -175,7 +175,8 @@ def generate(
 
     with maybe_trace(profile_dir, dump_hlo):
         out, timing = plan.sample(pipe.transformer, plan, mesh, noise, context, guidance_scale, sched,
-                                  attention=attention, progress=progress, defaults=model_defaults(pipe))
+                                  attention=attention, progress=progress, defaults=model_defaults(pipe),
+                                  seed=None if latents is not None else seed)
     out_np = _to_host(out)
 
     t0 = time.perf_counter()

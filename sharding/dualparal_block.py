@@ -71,8 +71,9 @@ def geometry(latent_shape, patch, block_frames: int, context_frames: int, *, vae
                     tokens_per_frame=(h // ph) * (w // pw), patch=tuple(patch))
 
 
-def coordinated_noise(noise: jax.Array, geo: Geometry, seed: int = 0) -> jax.Array:
-    """The initial latent video built from a pool: the first ``B + C`` frames of ``noise``, permuted per block."""
+def coordinated_noise(noise: jax.Array, geo: Geometry, seed: int) -> jax.Array:
+    """The initial latent video built from a pool: the first ``B + C`` frames of ``noise``, permuted per
+    block with permutations drawn from ``seed`` (see ``noise_pool_order``)."""
     pool = noise[:, :, : geo.window]
     order = noise_pool_order(geo.num_blocks, geo.B, geo.C, seed)
     parts = [jnp.take(pool, jnp.asarray(idx), axis=2) for idx in order]

@@ -4,7 +4,8 @@
 plainly on one device). Reading it top to bottom is reading the composition:
 
 1. **lp** — cut this device's latent window (a static partition for this step), remembering its global
-   token offset for the rotary positions;
+   token offset for the rotary positions; an exact full-latent LP step (the ``unite`` schedule's first)
+   instead splits the whole video's tokens over ``lp`` like Ulysses;
 2. **cfg** — pick this device's half of the (cond, uncond) pair, or batch both;
 3. **ulysses / ring / fsdp** — split the window's tokens over the sequence axes; self-attention
    communicates inside, everything else is per token; weights of fsdp are gathered per layer;
@@ -74,18 +75,22 @@ def step_windows(plan: Plan, latent_shape, patch, num_steps: int) -> tuple[LPWin
 
 
 def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0, 0), attention: str | None = None,
-                  dims=None):
+                  dims=None, lp_tokens: bool = False):
     """The transformer on ``x [b, C, T, H, W]`` with tokens split over the plan's sequence axes.
 
     Per-device code. ``t [b]``, ``ctx [b, L, text_dim]``; ``offset`` is the token offset of ``x`` in
-    the full video. Returns the velocity ``[b, C, T, H, W]`` float32, replicated over the sequence axes.
+    the full video. ``lp_tokens``: also split the tokens over the ``lp`` axis, with Ulysses attention
+    over it (the exact full-latent step of an LP schedule: every device works on the whole video's
+    step, none repeats another's work). Returns the velocity ``[b, C, T, H, W]`` float32, replicated
+    over the sequence axes.
     """
     cfg = model.config
     grid = cfg.token_grid(x.shape[2:])
     tokens = model.embed_tokens(x)
     temb, tproj, context = model.embed_condition(t, ctx)
     positions = rope_lib.grid_positions(grid, offset)
-    seq_axes = tuple(a for a in (plan.fsdp_axis, plan.sp_axis) if a)  # slowest first
+    lp_axis = plan.lp_axis if lp_tokens and plan.size(plan.lp_axis) > 1 else None
+    seq_axes = tuple(a for a in (plan.fsdp_axis, plan.sp_axis, lp_axis) if a)  # slowest first
     s = tokens.shape[1]
     local = get_attention(attention)
     attn = local
@@ -97,6 +102,8 @@ def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0,
         attn = sequence.ulysses(plan.sp_axis, attn)
     elif plan.sp_kind == "ring":
         attn = sequence.ring(plan.sp_axis, get_attention_with_lse(attention))
+    if lp_axis:  # the outermost wrapper: its axis varies fastest in the token order
+        attn = sequence.ulysses(lp_axis, attn)
     if seq_axes:
         tokens = sequence.shard_tokens(tokens, seq_axes)
         positions = sequence.shard_tokens(positions, seq_axes, axis=0)
@@ -123,6 +130,7 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
                          "jaxvdm.sharding.predict.step_windows (every device would otherwise compute the whole video)")
     patch = model.config.patch_size
     lp_on = lp is not None and lp.axis is not None
+    lp_full = lp is not None and lp.axis is None and plan.size(plan.lp_axis) > 1
     if lp_on:
         with jax.named_scope("lp_window"):
             k = lax.axis_index(plan.lp_axis)
@@ -143,7 +151,8 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
         ctx_b, xb = ctx, xw
     tb = jnp.full((xb.shape[0],), t, jnp.float32)
     with jax.named_scope("model_forward"):
-        v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention, dims=dims)
+        v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention, dims=dims,
+                          lp_tokens=lp_full)
 
     if with_cfg:
         with jax.named_scope("cfg_combine"):

@@ -30,7 +30,8 @@ def _step_fn(den, scheduler):
     return jax.jit(step)
 
 
-def sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention=None, progress=None, defaults=None):
+def sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention=None, progress=None, defaults=None,
+           seed=None):
     if mesh is None:  # one device: the ordinary loop
         return sampling.sample(model, plan, None, noise, context, guidance, scheduler, attention=attention)
     den = sampling.placed(model, plan, mesh, attention)

@@ -295,7 +295,7 @@ def measure_e2e(ctx: Context, unit: Unit) -> tuple[dict, Any]:
 
     def once():
         return plan.sample(ctx.model, plan, mesh, ctx.e2e_noise, ctx.context, ctx.guidance, sched,
-                           attention=ctx.attention, progress=False, defaults=ctx.defaults)
+                           attention=ctx.attention, progress=False, defaults=ctx.defaults, seed=ctx.args.seed)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. DualParal's bubble-ratio warning: reported in the row instead
