@@ -77,7 +77,9 @@ def _leaves(model):
 
 
 def _check_against(env, merged, path):
-    """Our merged model against diffusers' fused one: every weight to 1e-6 and the forward to 1e-5 (relative)."""
+    """Our merged model against diffusers' fused one: every weight to 1e-6 and the forward to 1e-5 (relative).
+    diffusers loads LoRAs through PEFT (not a dependency of jaxvdm): without it the comparison is skipped."""
+    pytest.importorskip("peft")
     want_out, want_params = env["reference"](path)
     got = nnx.to_pure_dict(nnx.state(merged))
     assert jax.tree.structure(got) == jax.tree.structure(want_params)
@@ -91,8 +93,8 @@ def _check_against(env, merged, path):
 def test_diffusers_layout_fused_matches_diffusers(env, tmp_path, rslora):
     """A PEFT LoRA on every linear (blocks, patch embedding, condition embedder, head) with mixed ranks and
     alphas (diffusers' metadata: rank_pattern, alpha_pattern, lora_alpha != r) and lora_B biases."""
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
+    peft = pytest.importorskip("peft")
+    LoraConfig, get_peft_model_state_dict = peft.LoraConfig, peft.utils.get_peft_model_state_dict
 
     m = _torch_base()
     lcfg = LoraConfig(r=4, lora_alpha=6, init_lora_weights=False, lora_bias=True, use_rslora=rslora,
@@ -172,9 +174,9 @@ def test_musubi_layout_matches_diffusers_and_the_original_layout(env, tmp_path):
     lora = load_lora(path)
     assert lora.layout == "musubi" and all(lr.factor == 2.0 for lr in lora.low_rank.values())
     merged = merge_lora(env["ours"], lora, SCALE)
-    _check_against(env, merged, path)
     same = merge_lora(env["ours"], lora_from_state_dict(original), SCALE)
     assert all(np.array_equal(a, b) for a, b in zip(_leaves(merged), _leaves(same)))
+    _check_against(env, merged, path)
 
 
 def test_full_deltas_on_every_tensor_equal_converting_the_edited_checkpoint(env):
