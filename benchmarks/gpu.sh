@@ -54,7 +54,8 @@ fi
   $PY -c "import sys, platform; print('python', sys.version.split()[0], platform.machine())"
 } 2>&1 | tee "$OUT/env.txt"
 
-# -- diffusers from the wheels in .whl (no network on the GPU machine) ---------------------------------
+# -- diffusers from the wheels in .whl (no network on the GPU machine; fetch them here first with
+#    bash benchmarks/fetch_wheels.sh and carry .whl) ------------------------------------------------------
 if ! $PY -c "import diffusers" 2>/dev/null; then
   if ls .whl/diffusers-*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --find-links .whl diffusers 2>&1 | tail -2
