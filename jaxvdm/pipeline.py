@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxvdm.models.pipeline import Pipeline, SizeError
+from jaxvdm.models.pipeline import Pipeline, SizeError, valid_frames
+from jaxvdm.sharding.runtime import MemoryBudgetError, check_activations
 from jaxvdm.models.schedulers import make_scheduler
 from jaxvdm.sharding.registry import resolve
 
@@ -161,6 +162,13 @@ def generate(
         raise ValueError("strategy 'cfg' splits the guidance pair, but guidance_scale <= 1 disables guidance; "
                          "use guidance_scale > 1 or drop 'cfg'")
     sched = make_scheduler(scheduler_name, steps, shift)
+    cfg = pipe.transformer.config
+    try:  # a lower bound of the memory one device's forward needs, before anything is compiled
+        check_activations(plan.forward_tokens(plan, shape, cfg.patch_size, steps, model_defaults(pipe)),
+                          2 if with_cfg and not plan.cfg_axis else 1, cfg.ffn_dim,
+                          jnp.dtype(pipe.transformer.dtype).itemsize, mesh)
+    except MemoryBudgetError as e:
+        raise MemoryError(_fit_advice(e, pipe, num_frames, height, width, mesh)) from None
 
     if latents is not None:
         noise = jnp.asarray(latents, jnp.float32)
@@ -173,10 +181,19 @@ def generate(
     context = _text_context(pipe, prompt, negative_prompt, with_cfg, prompt_embeds, negative_prompt_embeds)
     t_text = time.perf_counter() - t0
 
-    with maybe_trace(profile_dir, dump_hlo):
-        out, timing = plan.sample(pipe.transformer, plan, mesh, noise, context, guidance_scale, sched,
-                                  attention=attention, progress=progress, defaults=model_defaults(pipe),
-                                  seed=None if latents is not None else seed)
+    try:
+        with maybe_trace(profile_dir, dump_hlo):
+            out, timing = plan.sample(pipe.transformer, plan, mesh, noise, context, guidance_scale, sched,
+                                      attention=attention, progress=progress, defaults=model_defaults(pipe),
+                                      seed=None if latents is not None else seed)
+    except MemoryBudgetError as e:
+        raise MemoryError(_fit_advice(e, pipe, num_frames, height, width, mesh)) from None
+    except Exception as e:  # noqa: BLE001 - only an out-of-memory of the runtime is rephrased
+        if not _is_out_of_memory(e):
+            raise
+        raise MemoryError(f"ran out of device memory generating {num_frames}x{height}x{width} with strategy "
+                          f"{plan.describe()}: use a smaller video or more devices "
+                          f"({str(e).strip().splitlines()[0][:200]})") from None
     out_np = _to_host(out)
 
     t0 = time.perf_counter()
@@ -196,6 +213,30 @@ def generate(
     if frames is None:
         return Video(frames=np.zeros((0, height, width, 3), np.uint8), fps=fps, latents=out_np, settings=settings)
     return Video.from_float(frames, fps=fps, latents=out_np, settings=settings)
+
+
+def _is_out_of_memory(e: Exception) -> bool:
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def _fit_advice(e: MemoryBudgetError, pipe: Pipeline, num_frames: int, height: int, width: int, mesh) -> str:
+    """One line: what the request needs, what is free, and the largest frame count (and size) that would fit
+    on these devices (memory grows about linearly with tokens), or how many devices it needs."""
+    ratio = e.available / max(e.needed, 1)
+    st, sh, sw = pipe.vae_stride
+    pt, ph, pw = pipe.transformer.config.patch_size
+    frames = max(1, int(num_frames * ratio))
+    while frames > 1 and not valid_frames(frames, st, pt):
+        frames -= 1
+    scale = ratio ** 0.5
+    m_h, m_w = sh * ph, sw * pw
+    h, w = max(m_h, int(height * scale) // m_h * m_h), max(m_w, int(width * scale) // m_w * m_w)
+    devices = 1 if mesh is None else mesh.size
+    more = max(2, -(-e.needed // max(e.available, 1)) * devices)
+    return (f"{num_frames}x{height}x{width} does not fit: {e}; at this size about {frames} frames fit, or at "
+            f"{num_frames} frames about {h}x{w}; or split the video over {more} or more devices (e.g. "
+            f"--mesh sp={more} --strategy ulysses)")
 
 
 def model_defaults(pipe: Pipeline) -> dict:

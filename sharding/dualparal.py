@@ -47,7 +47,7 @@ from jaxvdm.sharding.dualparal_block import (Geometry, coordinated_noise, embed_
                                              stage_layers, update_block, window_head, window_layers)
 
 __all__ = ["Geometry", "geometry", "coordinated_noise", "serial_oracle", "sample", "pipeline_program", "stage_layers",
-           "run_geometry", "noise_seed"]
+           "run_geometry", "noise_seed", "forward_tokens"]
 
 
 # ------------------------------------------------------------------------------------------ serial oracle
@@ -99,14 +99,8 @@ def run_geometry(model: WanTransformer, plan, latent_shape, defaults=None) -> Ge
     ``context_frames`` from the plan's options, else from the model's ``defaults``
     (``dualparal_block_frames``, ``dualparal_context_frames``); ``defaults["vae_stride"]`` words the
     error messages in video frames. Raises ValueError naming valid frame counts."""
-    defaults = dict(defaults or {})
-    b, c = plan.option("block_frames"), plan.option("context_frames")
-    b = defaults.get("dualparal_block_frames") if b is None else b
-    c = defaults.get("dualparal_context_frames") if c is None else c
-    if b is None or c is None:
-        raise ValueError("dualparal needs block_frames and context_frames (latent frames per block and of context), "
-                         "e.g. block_frames=8, context_frames=8")
-    stride_t = int(defaults.get("vae_stride", (4, 8, 8))[0])
+    b, c = _blocks(plan, defaults)
+    stride_t = int(dict(defaults or {}).get("vae_stride", (4, 8, 8))[0])
     return geometry(latent_shape, model.config.patch_size, b, c, vae_stride_t=stride_t)
 
 
@@ -115,6 +109,23 @@ def noise_seed(noise, geo: Geometry) -> int:
     given latents instead of a seed: the same noise gives the same seed on every process and mesh."""
     pool = np.asarray(jax.device_get(noise[:, :, :geo.window]))
     return int.from_bytes(hashlib.sha256(np.ascontiguousarray(pool, np.float32).tobytes()).digest()[:8], "little")
+
+
+def forward_tokens(plan, latent_shape, patch, num_steps: int, defaults=None) -> int:
+    """The tokens of one block window, ``(B + C) * h' * w'``: every DualParal forward holds one window."""
+    geo = geometry(latent_shape, patch, *_blocks(plan, defaults))
+    return geo.window * geo.tokens_per_frame
+
+
+def _blocks(plan, defaults) -> tuple[int, int]:
+    defaults = dict(defaults or {})
+    b, c = plan.option("block_frames"), plan.option("context_frames")
+    b = defaults.get("dualparal_block_frames") if b is None else b
+    c = defaults.get("dualparal_context_frames") if c is None else c
+    if b is None or c is None:
+        raise ValueError("dualparal needs block_frames and context_frames (latent frames per block and of context), "
+                         "e.g. block_frames=8, context_frames=8")
+    return b, c
 
 
 def sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention=None, progress=None, defaults=None,

@@ -232,7 +232,7 @@ def run(model, plan, mesh, x0, context, guidance, scheduler, geo, *, attention=N
                                               attention=attention)
     args = (place(state, mesh, specs), place(x0, mesh), place(ctx_full, mesh), place(jnp.float32(guidance), mesh),
             place({k: jnp.asarray(v) for k, v in arrays.items()}, mesh))
-    programs = runtime.Programs()
+    programs = runtime.Programs(mesh)
     compiled = programs.get("run", f"dualparal_{plan.describe()}", lambda: f, args)
     t0 = time.perf_counter()
     x = compiled(*args)

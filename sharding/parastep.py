@@ -168,7 +168,7 @@ def sample(model, plan: Plan, mesh, noise, context, guidance: float, scheduler, 
         return x, {**timing, "sequential_model_calls": T, "total_model_calls": T}
     windows = den.windows(noise.shape, T)
     x, ctx, g, sstate = runtime.place_inputs(mesh, noise, context, guidance, scheduler)
-    programs = runtime.Programs()
+    programs = runtime.Programs(mesh)
     name = plan.describe()
 
     def warm_fn(lp):

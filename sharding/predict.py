@@ -33,8 +33,8 @@ from jaxvdm.sharding import sequence
 from jaxvdm.sharding.lp import LPWindow
 from jaxvdm.sharding.plan import Plan
 
-__all__ = ["LPWindow", "guided_prediction", "model_forward", "guide", "step_windows", "state_specs", "block_dims",
-           "shard_map"]
+__all__ = ["LPWindow", "guided_prediction", "model_forward", "guide", "step_windows", "forward_tokens", "state_specs",
+           "block_dims", "shard_map"]
 
 
 def shard_map(f, *, mesh, in_specs, out_specs):
@@ -72,6 +72,31 @@ def step_windows(plan: Plan, latent_shape, patch, num_steps: int) -> tuple[LPWin
         return (None,) * num_steps
     windows = lp_lib.windows_for(plan, latent_shape, patch, num_steps)
     return tuple(windows(i) for i in range(num_steps))
+
+
+def forward_tokens(plan: Plan, latent_shape, patch, num_steps: int, defaults=None) -> int:
+    """The most tokens one device's forward holds at once under ``plan`` (per batch element), for a latent
+    ``[1, C, T, H, W]``: the whole video's tokens, or an LP window's, divided over the sequence axes.
+    Host arithmetic only: what a memory estimate made before any compile needs."""
+    import math
+    import warnings
+
+    grid = [d // p for d, p in zip(latent_shape[2:], patch)]
+    total = math.prod(grid)
+    split = math.prod(plan.size(a) for a in (plan.fsdp_axis, plan.sp_axis) if a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the sampler warns about its partitions itself
+        windows = {None if w is None else w.key(): w for w in step_windows(plan, latent_shape, patch, num_steps)}
+    most = 0
+    for w in windows.values():
+        if w is None:
+            tokens = total
+        elif w.axis is None:  # the exact full-latent LP step: tokens split over lp too
+            tokens = -(-total // plan.size(plan.lp_axis))
+        else:
+            tokens = total * w.length // latent_shape[w.axis]
+        most = max(most, -(-tokens // split))
+    return most
 
 
 def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0, 0), attention: str | None = None,

@@ -91,7 +91,7 @@ class Denoiser:
             self.state = abstract_like(state, mesh, self.specs)
         else:
             self.state = place(state, mesh, self.specs) if mesh is not None else state
-        self.programs = runtime.Programs()
+        self.programs = runtime.Programs(mesh)
         self._steps: dict = {}
 
     def place(self, tree):
