@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import jax
@@ -61,9 +62,11 @@ def load_transformer_params(path: str | os.PathLike, *, config: WanConfig | None
         source = str(path)
     else:
         raise CheckpointError(f"{path}: no such file or directory")
-    if config is None:
+    if config is None and cfg_dict is None:
+        config = _config_from_tensors(sd, source)
+    elif config is None:
         try:
-            config = WanConfig.from_dict(cfg_dict) if cfg_dict is not None else infer_config(sd)
+            config = WanConfig.from_dict(cfg_dict)
         except (TypeError, ValueError) as e:
             if isinstance(e, CheckpointError):
                 raise
@@ -71,6 +74,56 @@ def load_transformer_params(path: str | os.PathLike, *, config: WanConfig | None
     if is_original(sd):
         sd = original_to_diffusers_names(sd)
     return config, params_from_diffusers(config, sd, source=source)
+
+
+_HEAD_DIM = 128  # Wan's attention head dim in every release (1.3B: 12 heads of 128; 14B: 40 heads of 128)
+_PRESETS = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b")
+_WHAT_TO_PASS = (
+    "pass the architecture: load_transformer(path, config=WanConfig(num_attention_heads=..., attention_head_dim=..., "
+    "...)) or a published one, e.g. config=jaxvdm.models.presets.wan_config({presets}), or put the model's "
+    "config.json (diffusers' WanTransformer3DModel or the original WanModel one) beside the file")
+
+
+def _config_from_tensors(sd: dict, source: str) -> WanConfig:
+    """The config of a bare original-format file (no ``config.json`` beside it), from its tensor shapes.
+
+    The shapes fix the hidden size, patch, channels, text and time-embedding widths, FFN width and depth. They
+    do not fix how the hidden size splits into heads (q, k, v are [D, D]), the norm eps or the rotary table
+    length: those are Wan's in every release (head dim 128, eps 1e-6, 1024 positions). A config equal to a
+    published preset is taken silently; any other is taken with a warning naming the guessed fields. Raises
+    CheckpointError saying what to pass when the tensors do not determine it (a hidden size that is not a
+    multiple of 128, missing tensors, or diffusers names, which carry no original WanModel layout).
+    """
+    presets = ", ".join(repr(p) for p in _PRESETS)
+    fix = _WHAT_TO_PASS.format(presets=" or ".join(repr(p) for p in _PRESETS))
+    names = {k.removeprefix("model.diffusion_model."): v for k, v in sd.items()}
+    if not is_original(sd):
+        raise CheckpointError(f"{source}: no config.json beside it, and only an original-format (Wan-AI) file's "
+                              f"tensors can stand in for one; {fix}")
+    patch = names.get("patch_embedding.weight")
+    if patch is None or patch.ndim != 5:
+        raise CheckpointError(f"{source}: no config.json beside it, and no 5-D patch_embedding.weight to read the "
+                              f"architecture from; {fix}")
+    dim = int(patch.shape[0])
+    if dim % _HEAD_DIM:
+        raise CheckpointError(
+            f"{source}: no config.json beside it, and its tensors do not determine the attention heads: the hidden "
+            f"size {dim} is not a multiple of Wan's head dim {_HEAD_DIM} (q, k and v are [{dim}, {dim}] for any "
+            f"split into heads); {fix}")
+    try:
+        config = infer_config(sd, head_dim=_HEAD_DIM)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: no config.json beside it, and the architecture cannot be read from its "
+                              f"tensors ({e}); {fix}") from None
+    from jaxvdm.models.presets import wan_config
+
+    if not any(wan_config(p) == config for p in _PRESETS):
+        warnings.warn(
+            f"{source}: no config.json beside it; its config was read from the tensor shapes, and "
+            f"attention_head_dim={_HEAD_DIM} ({config.num_attention_heads} heads), eps={config.eps} and "
+            f"rope_max_seq_len={config.rope_max_seq_len} are Wan's release values, not read from the file (it "
+            f"matches none of the published presets {presets}); pass config= if this model differs", stacklevel=3)
+    return config
 
 
 def _read_dir_weights(path: Path) -> dict[str, np.ndarray]:
