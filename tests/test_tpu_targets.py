@@ -2,11 +2,13 @@
 chip, collectives and FLOPs read from the TPU HLO), and the HLO cost reader on literal TPU HLO.
 
 The compiles need libtpu (the TPU compiler; ``pip install 'jax[tpu]'``) and are skipped without it. They
-use XLA's fastest compile setting (effort -1, as ``jaxvdm comm --target`` does by default).
+use XLA's fastest compile setting (optimization level O0, as ``jaxvdm comm --target`` does by default).
 """
 
 import json
+import math
 
+import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
@@ -42,7 +44,7 @@ def test_catalog_lookups_and_errors():
     for name in ("v4-8", "v5e-4", "v5e-8", "v5p-8", "v6e-4", "v6e-8", "v6e-16"):
         t = get_target(name)
         dims = [int(x) for x in t.topology.split(":")[1].split("x")]
-        assert t.chips == __import__("math").prod(dims), name  # one JAX device per chip
+        assert t.chips == math.prod(dims), name  # one JAX device per chip
     assert get_target("v4-8").chips == get_target("v5p-8").chips == 4  # v4/v5p names count TensorCores
     assert get_target("v5e-8").chips == get_target("v6e-8").chips == 8  # v5e/v6e names count chips
     assert get_target("v5e-8").hbm_bytes == 16 * GIB and get_target("v6e-8").hbm_bytes == 32 * GIB
@@ -176,8 +178,6 @@ def test_target_devices_are_tpu_chips():
 def _weight_bytes(name, fsdp=1):
     """bf16 weight bytes per chip: every parameter, block parameters split ``fsdp`` ways."""
     state = nnx.state(abstract_transformer(model_spec(name).config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16))
-    import jax
-
     total = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         total += leaf.size * 2 // (fsdp if is_block_path(path) else 1)
