@@ -5,7 +5,9 @@
   ``Wan2.1-T2V-*-Diffusers`` download.
 * **original**: the Wan-AI layout: one safetensors file with the original key names
   (``self_attn.q``, ``head.head``, ``blocks.N.modulation``…), with a ``config.json`` of the original
-  ``WanModel`` (``dim``, ``num_heads``…) beside it, or a bare file plus an explicit config.
+  ``WanModel`` (``dim``, ``num_heads``…) beside it, or a bare file plus an explicit config. The image
+  branch of an original I2V/FLF2V checkpoint (``img_emb.*``, ``cross_attn.k_img``…) is read from its
+  tensors and must agree with the config's ``model_type``.
 * **orbax**: what :func:`save_converted` (``jaxvdm convert``) writes, so later starts skip conversion.
 
 Loading is strict: every missing, unexpected or mis-shaped tensor is reported by name in one
@@ -14,6 +16,7 @@ Loading is strict: every missing, unexpected or mis-shaped tensor is reported by
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -27,7 +30,8 @@ from flax import nnx
 from jaxvdm.models.checkpoint import (CheckpointError, model_from_params, read_config, read_safetensors,
                                       read_safetensors_dir)
 from jaxvdm.models.wan.transformer.config import WanConfig
-from jaxvdm.models.wan.transformer.keys import infer_config, is_original, original_to_diffusers_names, params_from_diffusers
+from jaxvdm.models.wan.transformer.keys import (infer_config, is_original, original_image_fields,
+                                                original_to_diffusers_names, params_from_diffusers)
 from jaxvdm.models.wan.transformer.model import WanTransformer, abstract_transformer
 
 __all__ = ["load_transformer", "load_transformer_params", "save_converted"]
@@ -71,6 +75,8 @@ def load_transformer_params(path: str | os.PathLike, *, config: WanConfig | None
             if isinstance(e, CheckpointError):
                 raise
             raise CheckpointError(f"{source}: invalid transformer config: {e}") from None
+        if cfg_dict is not None and "dim" in cfg_dict and is_original(sd):
+            config = _with_original_image_branch(config, cfg_dict.get("model_type", "t2v"), sd, source)
     if is_original(sd):
         sd = original_to_diffusers_names(sd)
     return config, params_from_diffusers(config, sd, source=source)
@@ -126,6 +132,27 @@ def _config_from_tensors(sd: dict, source: str) -> WanConfig:
     return config
 
 
+def _with_original_image_branch(config: WanConfig, model_type: str, sd, source: str) -> WanConfig:
+    """``config`` (from an original config.json, which has no image fields) with the image branch its
+    tensors hold; raises CheckpointError when they contradict ``model_type``."""
+    fields = original_image_fields(sd)
+    has_image, has_pos = fields["image_dim"] is not None, fields["pos_embed_seq_len"] is not None
+    problem = None
+    if model_type in ("t2v", "ti2v") and has_image:
+        problem = "holds image-branch tensors (img_emb.*), which a text-to-video model has not"
+    elif model_type == "flf2v" and not has_pos:
+        problem = "has no img_emb.emb_pos (the first-last-frame position embedding)"
+    elif model_type == "i2v" and has_pos:
+        problem = "holds img_emb.emb_pos, which only first-last-frame models ('flf2v') have"
+    if problem:
+        raise CheckpointError(f"{source}: config.json says model_type {model_type!r} but the checkpoint {problem}: "
+                              f"take config.json and the weights from the same checkpoint")
+    try:
+        return dataclasses.replace(config, **fields)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: the image-branch tensors do not fit the config: {e}") from None
+
+
 def _read_dir_weights(path: Path) -> dict[str, np.ndarray]:
     """diffusers names first; an original-format folder holds one ``*.safetensors`` file of another name."""
     if (path / f"{_WEIGHTS}.safetensors").is_file() or (path / f"{_WEIGHTS}.safetensors.index.json").is_file():
@@ -143,7 +170,7 @@ def load_transformer(
     param_dtype=None,
     config: WanConfig | None = None,
 ) -> WanTransformer:
-    """Loads a Wan2.1 transformer checkpoint (diffusers, original or orbax layout).
+    """Loads a Wan transformer checkpoint (diffusers, original or orbax layout; T2V, I2V, FLF2V, TI2V).
 
     Args:
       path: see :func:`load_transformer_params`.
