@@ -118,8 +118,13 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     s.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the initial noise, the same on every mesh (default: 0)")
     s.add_argument("--scheduler", choices=["unipc", "euler"], help=f"flow-matching solver [{d['scheduler']}]")
     s.add_argument("--shift", type=float, metavar="S", help=f"flow shift of the noise schedule [{d['flow_shift']}]")
-    s.add_argument("--attention", choices=["auto", "xla", "xla_chunked", "cudnn"],
-                   help="local attention kernel (default: auto: cuDNN on GPUs in half precision, XLA otherwise)")
+    s.add_argument("--attention", metavar="NAME",
+                   help="local attention kernel: auto, xla, xla_chunked, cudnn, splash (TPU; splash:block_q=N,...) "
+                        "(default: auto: cuDNN on GPUs in half precision, splash on TPUs, XLA otherwise)")
+    s.add_argument("--precision", choices=["bf16", "fp8_attention", "fp8"], default="bf16",
+                   help="bf16 (default); fp8_attention: cuDNN FP8 flash attention for self-attention; fp8: that "
+                        "and the blocks' linear layers as FP8 matmuls (NVIDIA Hopper GPUs only; attention whose "
+                        "keys are padded, e.g. Ulysses/Ring with tokens the devices do not divide, stays bf16)")
     o = g.add_argument_group("output and diagnostics")
     o.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="show a progress bar of finished steps (default: on when stderr is a terminal)")
@@ -232,7 +237,7 @@ def _generate(args, opt_names) -> int:
     kwargs = dict(model=args.model, mesh=mesh, strategy=args.strategy, num_frames=args.num_frames, height=args.height,
                   width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
                   negative_prompt=args.negative_prompt, seed=args.seed, scheduler=args.scheduler, shift=args.shift,
-                  attention=args.attention, progress=args.progress,
+                  attention=args.attention, precision=args.precision, progress=args.progress,
                   profile_dir=args.profile_dir, dump_hlo=args.dump_hlo, **options)
     _validate_before_compute(kwargs)
     video = jaxvdm.generate(args.prompt, **kwargs)

@@ -97,6 +97,7 @@ def generate(
     negative_prompt_embeds=None,
     decode: bool = True,
     attention: str | None = None,
+    precision: str = "bf16",
     progress: bool | None = None,
     profile_dir: str | os.PathLike | None = None,
     dump_hlo: str | os.PathLike | None = None,
@@ -119,7 +120,12 @@ def generate(
       latents: initial noise ``[1, C, T', H', W']`` instead of ``seed`` (to compare across frameworks).
       prompt_embeds, negative_prompt_embeds: ``[1, L, text_dim]`` text embeddings instead of encoding.
       decode: False returns the video without decoding (``Video.frames`` empty, latents set).
-      attention: local attention backend ("auto", "xla", "xla_chunked", "cudnn").
+      attention: local attention backend ("auto", "xla", "xla_chunked", "cudnn", "splash", "cudnn_fp8").
+      precision: "bf16" (the model's dtype, default), "fp8_attention" (cuDNN FP8 flash attention for
+        self-attention, everything else as is) or "fp8" (that and the blocks' linear layers as FP8 matmuls,
+        weights quantised once). FP8 needs an NVIDIA Hopper GPU (refused elsewhere, in one line); a call
+        whose keys are padded (Ulysses/Ring/FSDP when the tokens do not divide the devices, DualParal's
+        cached keys) runs that attention in bf16.
       progress: progress bar over denoising steps (default: on when stderr is a terminal).
       profile_dir: write a ``jax.profiler`` trace of the denoising loop there (and the compiled steps'
         optimised HLO under ``profile_dir/hlo``); summarise it with ``jaxvdm profile DIR``.
@@ -156,6 +162,7 @@ def generate(
     from jaxvdm.models.wan.attention import get_attention
 
     get_attention(attention)  # an unknown backend fails here, not while tracing the first step
+    model, attention = with_precision(pipe.transformer, precision, attention)
     plan = resolve(strategy, mesh, strategy_options)
     with_cfg = guidance_scale > 1.0
     if plan.cfg_axis and not with_cfg:
@@ -166,7 +173,7 @@ def generate(
     try:  # a lower bound of the memory one device's forward needs, before anything is compiled
         check_activations(plan.forward_tokens(plan, shape, cfg.patch_size, steps, model_defaults(pipe)),
                           2 if with_cfg and not plan.cfg_axis else 1, cfg.ffn_dim,
-                          jnp.dtype(pipe.transformer.dtype).itemsize, mesh)
+                          jnp.dtype(model.dtype).itemsize, mesh)
     except MemoryBudgetError as e:
         raise MemoryError(_fit_advice(e, pipe, num_frames, height, width, mesh)) from None
 
@@ -183,7 +190,7 @@ def generate(
 
     try:
         with maybe_trace(profile_dir, dump_hlo):
-            out, timing = plan.sample(pipe.transformer, plan, mesh, noise, context, guidance_scale, sched,
+            out, timing = plan.sample(model, plan, mesh, noise, context, guidance_scale, sched,
                                       attention=attention, progress=progress, defaults=model_defaults(pipe),
                                       seed=None if latents is not None else seed)
     except MemoryBudgetError as e:
@@ -204,7 +211,7 @@ def generate(
     t_decode = time.perf_counter() - t0
     settings = dict(
         prompt=prompt, negative_prompt=negative_prompt if with_cfg else None, model=pipe.name, strategy=plan.describe(),
-        strategy_options=dict(plan.options), num_frames=num_frames, height=height, width=width, steps=steps,
+        strategy_options=dict(plan.options), precision=precision, num_frames=num_frames, height=height, width=width, steps=steps,
         guidance_scale=guidance_scale, scheduler=scheduler_name, shift=shift, seed=None if latents is not None else seed,
         timings=dict(text_s=t_text, **{k: v for k, v in timing.items() if isinstance(v, (int, float))},
                      decode_s=t_decode, total_s=time.perf_counter() - t_start),
@@ -213,6 +220,36 @@ def generate(
     if frames is None:
         return Video(frames=np.zeros((0, height, width, 3), np.uint8), fps=fps, latents=out_np, settings=settings)
     return Video.from_float(frames, fps=fps, latents=out_np, settings=settings)
+
+
+PRECISIONS = ("bf16", "fp8_attention", "fp8")
+_FP8_MODELS: dict = {}
+
+
+def with_precision(model, precision: str, attention: str | None):
+    """``(model, attention)`` for ``precision``: as given for "bf16"; cuDNN FP8 self-attention for
+    "fp8_attention"; and the blocks' linear layers quantised to FP8 once (cached per model) for "fp8".
+    Raises ValueError for another name, or (:func:`~jaxvdm.models.wan.fp8_support.check_fp8`) when this
+    machine cannot run FP8."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16":
+        return model, attention
+    from jaxvdm.models.wan.fp8_support import check_fp8
+
+    check_fp8()
+    if attention not in (None, "auto", "cudnn", "cudnn_fp8"):
+        raise ValueError(f"precision={precision!r} runs attention through cuDNN FP8; attention={attention!r} "
+                         "cannot be combined with it (leave attention unset)")
+    if precision == "fp8":
+        key = id(model)
+        if key not in _FP8_MODELS or _FP8_MODELS[key][0] is not model:
+            from jaxvdm.models.wan.fp8 import quantize_transformer
+
+            _FP8_MODELS.clear()
+            _FP8_MODELS[key] = (model, quantize_transformer(model))
+        model = _FP8_MODELS[key][1]
+    return model, "cudnn_fp8"
 
 
 def _is_out_of_memory(e: Exception) -> bool:

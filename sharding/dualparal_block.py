@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxvdm.models.wan import rope as rope_lib
+from jaxvdm.models.wan.attention import cross_attention_backend
 from jaxvdm.models.wan.transformer.model import Conditioning, ExtraKV, WanTransformer, unpatchify
 from jaxvdm.sharding.dualparal_schedule import block_layout, noise_pool_order
 from jaxvdm.sharding.predict import guide
@@ -110,8 +111,8 @@ def window_layers(model, h, t, ctx, geo, cache, read, *, attention=None, layers=
     if geo.C > 0:
         extra = ExtraKV(cache[0], cache[1], cos_e, sin_e, jnp.asarray(read))
     out = model.run_blocks(h, Conditioning(tproj, context, cos, sin), layers=layers, self_attention=attention,
-                           cross_attention=attention, extra=extra, capture=geo.capture, block_state=block_state,
-                           layer_valid=layer_valid)
+                           cross_attention=cross_attention_backend(attention), extra=extra, capture=geo.capture,
+                           block_state=block_state, layer_valid=layer_valid)
     if geo.C == 0:
         return out, cache
     return out

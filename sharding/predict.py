@@ -25,7 +25,7 @@ from flax import nnx
 from jax import lax
 
 from jaxvdm.models.wan import rope as rope_lib
-from jaxvdm.models.wan.attention import get_attention, get_attention_with_lse
+from jaxvdm.models.wan.attention import cross_attention_backend, get_attention, get_attention_with_lse
 from jaxvdm.models.wan.transformer.model import Conditioning, WanTransformer, is_block_path, unpatchify
 from jaxvdm.sharding import fsdp as fsdp_lib
 from jaxvdm.sharding import lp as lp_lib
@@ -134,7 +134,8 @@ def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0,
         positions = sequence.shard_tokens(positions, seq_axes, axis=0)
     cos, sin = model.rope(positions)
     h = model.run_blocks(tokens, Conditioning(tproj, context, cos, sin), self_attention=attn,
-                         cross_attention=local, kv_len=s if seq_axes else None, param_hook=hook)
+                         cross_attention=get_attention(cross_attention_backend(attention)),
+                         kv_len=s if seq_axes else None, param_hook=hook)
     out = model.head_tokens(h, temb)
     if seq_axes:
         out = sequence.gather_tokens(out, seq_axes, s)
