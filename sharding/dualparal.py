@@ -113,7 +113,8 @@ def noise_seed(noise, geo: Geometry) -> int:
 
 def forward_tokens(plan, latent_shape, patch, num_steps: int, defaults=None) -> int:
     """The tokens of one block window, ``(B + C) * h' * w'``: every DualParal forward holds one window."""
-    geo = geometry(latent_shape, patch, *_blocks(plan, defaults))
+    stride_t = int(dict(defaults or {}).get("vae_stride", (4, 8, 8))[0])
+    geo = geometry(latent_shape, patch, *_blocks(plan, defaults), vae_stride_t=stride_t)
     return geo.window * geo.tokens_per_frame
 
 
