@@ -237,7 +237,7 @@ def with_precision(model, precision: str, attention: str | None):
         return model, attention
     from jaxvdm.models.wan.fp8_support import check_fp8
 
-    check_fp8()
+    check_fp8(f"precision={precision!r}")
     if attention not in (None, "auto", "cudnn", "cudnn_fp8"):
         raise ValueError(f"precision={precision!r} runs attention through cuDNN FP8; attention={attention!r} "
                          "cannot be combined with it (leave attention unset)")
@@ -269,11 +269,13 @@ def _fit_advice(e: MemoryBudgetError, pipe: Pipeline, num_frames: int, height: i
     scale = ratio ** 0.5
     m_h, m_w = sh * ph, sw * pw
     h, w = max(m_h, int(height * scale) // m_h * m_h), max(m_w, int(width * scale) // m_w * m_w)
-    devices = 1 if mesh is None else mesh.size
-    more = max(2, -(-e.needed // max(e.available, 1)) * devices)
-    return (f"{num_frames}x{height}x{width} does not fit: {e}; at this size about {frames} frames fit, or at "
-            f"{num_frames} frames about {h}x{w}; or split the video over {more} or more devices (e.g. "
-            f"--mesh sp={more} --strategy ulysses)")
+    head = (f"{num_frames}x{height}x{width} does not fit: {e}; at this size about {frames} frames fit, or at "
+            f"{num_frames} frames about {h}x{w}")
+    devices = [jax.devices()[0]] if mesh is None else list(mesh.devices.flat)
+    if devices[0].platform == "cpu":  # simulated CPU devices share the host: splitting does not add memory
+        return head
+    more = max(2, -(-e.needed // max(e.available, 1)) * len(devices))
+    return f"{head}; or split the video over {more} or more devices (e.g. --mesh sp={more} --strategy ulysses)"
 
 
 def model_defaults(pipe: Pipeline) -> dict:

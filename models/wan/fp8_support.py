@@ -73,8 +73,9 @@ def _fp8_attention_entry_point() -> str | None:
     return None
 
 
-def check_fp8() -> Fp8Support:
-    """Checks that ``precision='fp8'`` can run here; returns what was found.
+def check_fp8(what: str = "precision='fp8'") -> Fp8Support:
+    """Checks that ``precision='fp8'`` can run here; returns what was found. ``what`` names the request
+    in the messages (e.g. ``"precision='fp8_attention'"``).
 
     Raises:
       ValueError: one line naming every missing requirement and what would work. On a machine whose
@@ -83,11 +84,11 @@ def check_fp8() -> Fp8Support:
     """
     backend = jax.default_backend()
     if backend != "gpu":
-        raise ValueError(f"precision='fp8' needs {_NEEDS}; this machine runs jax on {backend}")
+        raise ValueError(f"{what} needs {_NEEDS}; this machine runs jax on {backend}")
     devices = jax.local_devices(backend="gpu")
     platform_version = str(getattr(devices[0].client, "platform_version", ""))
     if "cuda" not in platform_version.lower():
-        raise ValueError(f"precision='fp8' needs {_NEEDS}; this machine's jax GPU backend is not CUDA "
+        raise ValueError(f"{what} needs {_NEEDS}; this machine's jax GPU backend is not CUDA "
                          f"({platform_version or 'unknown platform'})")
     problems = []
     kinds = sorted({d.device_kind for d in devices})
@@ -113,5 +114,5 @@ def check_fp8() -> Fp8Support:
     if entry is not None:
         problems.append(entry)
     if problems:
-        raise ValueError(f"precision='fp8' cannot run on this machine: {'; '.join(problems)}. {_WORKS}")
+        raise ValueError(f"{what} cannot run on this machine: {'; '.join(problems)}. {_WORKS}")
     return Fp8Support(kinds[0], cap, cudnn, build, jax.__version__)
