@@ -18,6 +18,7 @@ to ``ceil(H/n)*n``); guidance on, so the model batch is B = 2 (the cond/uncond p
 splits it. Everything float32 (4 bytes).
 """
 
+import json
 import math
 
 import jax.numpy as jnp
@@ -172,3 +173,19 @@ def test_without_guidance_cfg_free_strategies_send_half(model):
     assert plain.per_kind["all-to-all"].count == guided.per_kind["all-to-all"].count == 4 * L
     assert 2 * plain.bytes_per_device == guided.bytes_per_device
 
+
+
+def test_comm_prints_dualparal_stage_flops(devices, tmp_path, capsys):
+    """``jaxvdm comm`` shows what DualParal's program measures about itself: each stage's FLOPs per slot
+    (from each stage's own compiled work), which the paper's even split of layers keeps balanced."""
+    from jaxvdm.cli import main
+
+    out = tmp_path / "comm.json"
+    assert main(["comm", "--model", "tiny", "--dtype", "f32", "--attention", "xla", "--mesh", "stage=2",
+                 "--strategy", "dualparal", "--json", str(out)]) == 0
+    details = json.loads(out.read_text())["results"][0]["details"]
+    flops = details["stage_flops_per_slot"]
+    assert len(flops) == 2 and min(flops) > 0 and max(flops) / min(flops) < 1.1
+    assert 0 < details["bubble_ratio"] < 1
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("details: ")]
+    assert len(printed) == 1 and "FLOPs per slot by stage" in printed[0]

@@ -247,8 +247,10 @@ def run_comm(args) -> int:
         print(report.table())
         print("by phase: " + ", ".join(f"{k} {v['count']} ({format_bytes(v['bytes_per_device'])})"
                                         for k, v in phases.items()) if phases else "by phase: -")
+        if program.details:
+            print(_details_line(program.details))
         row = {"strategy": strategy, "mesh": format_mesh(axes), "unit": program.name,
-               "runs_per_video": program.runs, **report.to_dict(), "phases": phases}
+               "runs_per_video": program.runs, **report.to_dict(), "phases": phases, "details": program.details}
         if target is not None:
             row["tpu"] = tpu_summary(program.compiled, target, program.runs, compile_s)
             _print_tpu(row["tpu"])
@@ -266,6 +268,22 @@ def run_comm(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
     return 0
+
+
+def _details_line(details: dict) -> str:
+    """One line of what the strategy measured about its program (e.g. DualParal's slots, bubble ratio and
+    the FLOPs each stage runs per slot, from each stage's own compiled work)."""
+    parts = []
+    for key, value in details.items():
+        if key == "stage_flops_per_slot":
+            flops = [float(v) for v in value]
+            spread = max(flops) / min(flops) if min(flops) > 0 else float("inf")
+            parts.append(f"FLOPs per slot by stage {', '.join(_flop(v) for v in flops)} (max/min {spread:.3f})")
+        elif isinstance(value, float):
+            parts.append(f"{key.replace('_', ' ')} {value:.3f}")
+        else:
+            parts.append(f"{key.replace('_', ' ')} {value}")
+    return "details: " + "; ".join(parts)
 
 
 def _level(level):
