@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU benchmark (and no TPU probing where libtpu is installed)
 os.environ.setdefault("JAXVDM_PROGRESS", "0")
 
 import numpy as np  # noqa: E402
@@ -38,11 +39,15 @@ CONFIGS = [  # (label, strategy, mesh axes, options)
     ("lp K=2 overlap 0.5", "lp", {"lp": 2}, {}),
     ("lp K=2 overlap 0.25", "lp", {"lp": 2}, {"overlap": 0.25}),
     ("lp K=4 overlap 0.5", "lp", {"lp": 4}, {}),
+    ("lp K=4 overlap 0.25", "lp", {"lp": 4}, {"overlap": 0.25}),
+    ("lp K=2 unite", "lp", {"lp": 2}, {"schedule": "unite"}),
+    ("lp K=4 unite", "lp", {"lp": 4}, {"schedule": "unite"}),
     ("lp+cfg K=2", "lp+cfg", {"cfg": 2, "lp": 2}, {}),
     ("parastep N=2 W=5", "parastep", {"step": 2}, {}),
     ("parastep N=4 W=5", "parastep", {"step": 4}, {}),
     ("dualparal oracle (1 device)", "dualparal", None, {}),
     ("dualparal 2 stages", "dualparal", {"stage": 2}, {}),
+    ("dualparal 4 stages", "dualparal", {"stage": 4}, {}),
 ]
 
 PROMPTS = ["a red circle moving left on a dark background", "a big blue square moving down on a light background",

@@ -47,11 +47,22 @@ def phase_breakdown(report) -> dict[str, dict]:
     return out
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it says something: not for None, False or empty defaults, nor where
+    the help text already names the default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def add_comm_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the ``comm`` subcommand to an ``argparse`` subparsers object; returns its parser."""
     p = subparsers.add_parser("comm", help="collectives and bytes per device of a strategy's compiled step (from HLO)",
                               description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=DefaultsFormatter)
     p.add_argument("--model", default="wan2.1-t2v-1.3b", help="tiny or a preset")
     p.add_argument("--size", default=None, metavar="HxW", help="height x width in pixels (default: the model's)")
     p.add_argument("--frames", type=int, default=None, help="video frames (default: the model's)")
