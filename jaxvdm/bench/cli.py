@@ -169,21 +169,29 @@ def run(args) -> int:
             rows.append({**baseline, "reused_from": str(args.baseline_from)})
         rows.extend(skipped)
         finish_and_write()
-        if args.isolate:
-            for i, u in enumerate(units, start=1):
-                print(f"[bench] {u.name} on {format_mesh(u.mesh)} ...", file=sys.stderr, flush=True)
-                rows.append(spawn(args, u, workdir, i, str(cache_dir), latents_dir, loop_steps, args.unit_timeout))
-                finish_and_write()
-        else:
-            with compilation_cache(cache_dir):
-                ctx = Context(args, loop_steps)
-                for u in units:
-                    print(f"[bench] {u.name} on {format_mesh(u.mesh)} ...", file=sys.stderr, flush=True)
-                    row = run_unit(ctx, u, latents_dir)
-                    row["peak_scope"] = "process"
-                    rows.append(row)
+        from jaxvdm.sharding.runtime import progress_bar
+
+        with progress_bar(len(units), "bench", None, unit="row") as bar:  # on a terminal: rows finished, time left
+            if args.isolate:
+                for i, u in enumerate(units, start=1):
+                    print(f"[bench] {u.name} on {format_mesh(u.mesh)} ({i}/{len(units)}) ...", file=sys.stderr,
+                          flush=True)
+                    rows.append(spawn(args, u, workdir, i, str(cache_dir), latents_dir, loop_steps,
+                                      args.unit_timeout))
                     finish_and_write()
-                del ctx
+                    bar.done(1)
+            else:
+                with compilation_cache(cache_dir):
+                    ctx = Context(args, loop_steps)
+                    for i, u in enumerate(units, start=1):
+                        print(f"[bench] {u.name} on {format_mesh(u.mesh)} ({i}/{len(units)}) ...", file=sys.stderr,
+                              flush=True)
+                        row = run_unit(ctx, u, latents_dir)
+                        row["peak_scope"] = "process"
+                        rows.append(row)
+                        finish_and_write()
+                        bar.done(1)
+                    del ctx
         order = {id(r): i for i, r in enumerate(rows)}
         rows.sort(key=lambda r: (r.get("kind") != "step", order[id(r)]))
         result["complete"] = True
