@@ -8,16 +8,15 @@
 Edit the cells (``_quickstart.py``, ``_strategies.py``, ``_profiling.py``, ``_wan.py``; ``_cells.py`` and
 ``_install.py`` for what they share), never the .ipynb files. The committed notebooks carry the outputs of a
 CPU run in fast mode (``--execute``: 8 simulated CPU devices, a few denoising steps, no downloads), so a reader
-sees what each produces; ``--check`` compares cell sources only, so a rerun's different timings never make CI red. Cell ids
-are ``<notebook>-<index>``, stable across builds. The first cell of every notebook is ``colab/_install.py``
-under a Colab form field (``REPO_URL``). ``tests/test_notebooks.py`` executes every notebook the same way
-(:func:`execute`) and checks what each prints.
+sees what each produces; ``--check`` compares cell sources only, so a rerun's different timings never make CI
+red. Cell ids are ``<notebook>-<index>``, stable across builds. The first code cell of every notebook is
+``colab/_install.py`` under a Colab form field (``REPO_URL``). ``tests/test_notebooks.py`` executes every
+notebook the same way (:func:`execute`) and checks what each prints.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import sys
 import tempfile

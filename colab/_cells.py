@@ -94,7 +94,8 @@ SETUP = code(r"""
 # One accelerator cannot show a multi-device strategy: use the simulated CPU devices for the comparison.
 MESH_DEVICES = code(r"""
     if len(DEVICES) == 1 and BACKEND != "cpu":
-        print(f"one {BACKEND.upper()} device: the strategies run on {len(jax.devices('cpu'))} simulated CPU devices instead")
+        print(f"one {BACKEND.upper()} device: the strategies run on {len(jax.devices('cpu'))} simulated CPU devices "
+              "instead")
         DEVICES = jax.devices("cpu")
         jax.config.update("jax_default_device", DEVICES[0])  # the reference runs where the strategies run
         ATTENTION = attention_for(DEVICES)

@@ -37,7 +37,9 @@ def runtime_accelerator(env=None, paths=glob.glob, which=shutil.which) -> str:
     A TPU shows as ``TPU_ACCELERATOR_TYPE`` / ``COLAB_TPU_ADDR`` or as its device files (``/dev/accel*`` on
     v2-v4 and v5p, ``/dev/vfio/<n>`` on v5e and v6e); an NVIDIA GPU as ``nvidia-smi`` on the PATH."""
     env = os.environ if env is None else env
-    if env.get("TPU_ACCELERATOR_TYPE") or env.get("COLAB_TPU_ADDR") or paths("/dev/accel*") or paths("/dev/vfio/[0-9]*"):
+    if env.get("TPU_ACCELERATOR_TYPE") or env.get("COLAB_TPU_ADDR"):
+        return "tpu"
+    if paths("/dev/accel*") or paths("/dev/vfio/[0-9]*"):
         return "tpu"
     return "gpu" if which("nvidia-smi") else "cpu"
 
@@ -68,10 +70,11 @@ def find_jaxvdm(repo_url="", content="/content", drive="/content/drive/MyDrive",
         wheel = _newest(glob.glob(os.path.join(root, "jaxvdm*.whl")))
         if wheel:
             return "wheel", wheel
-        names = ["jaxvdm"] if root == content else sorted(os.path.basename(p) for p in glob.glob(os.path.join(root, "jaxvdm*")))
-        for name in names:
-            if _is_jaxvdm_checkout(os.path.join(root, name)):
-                return "checkout", os.path.join(root, name)
+        pattern = "jaxvdm" if root == content else "jaxvdm*"  # an upload is jaxvdm/; Drive may hold jaxvdm-main/
+        folders = sorted(glob.glob(os.path.join(root, pattern)))
+        for folder in folders:
+            if _is_jaxvdm_checkout(folder):
+                return "checkout", folder
     url = (repo_url or os.environ.get("JAXVDM_REPO_URL", "")).strip()
     if url:
         return "url", url
@@ -124,9 +127,15 @@ def install_jaxvdm(repo_url="", content="/content", drive="/content/drive/MyDriv
         try:
             run([sys.executable, "-m", "pip", "install", "-q", *args])
         except subprocess.CalledProcessError as e:
-            raise InstallError(f"pip install {' '.join(args)} failed (exit {e.returncode}); see pip's output above") from None
+            raise InstallError(f"pip install {' '.join(args)} failed (exit {e.returncode}); see pip's output "
+                               "above") from None
         importlib.invalidate_caches()
     if importlib.util.find_spec("jaxvdm") is None:
-        raise InstallError(f"installed jaxvdm from {where} but cannot import it; restart the runtime and run this cell again")
-    what = "already installed" if kind == "installed" else f"installed from {kind} {os.path.basename(where) if kind != 'url' else where}"
-    return f"jaxvdm {what} ({accelerator.upper()} runtime" + (f"; pip install {' '.join(args)})" if args else ")")
+        raise InstallError(f"installed jaxvdm from {where} but cannot import it; restart the runtime (Runtime -> "
+                           "Restart session) and run this cell again")
+    if kind == "installed":
+        what = "already installed"
+    else:
+        what = f"installed from {kind} {where if kind == 'url' else os.path.basename(where)}"
+    pip = f"; pip install {' '.join(args)}" if args else ""
+    return f"jaxvdm {what} ({accelerator.upper()} runtime{pip})"

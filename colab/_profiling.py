@@ -1,4 +1,7 @@
-"""The profiling notebook: a jax.profiler trace of a generation, its phases and collectives. Cells for ``colab/_build.py``."""
+"""The profiling notebook: a jax.profiler trace of a generation, its phases and collectives.
+
+Cells for ``colab/_build.py``.
+"""
 
 from _cells import INSTALL, INSTALL_MD, MESH_DEVICES, SETUP, SETUP_MD, code, md
 

@@ -1,6 +1,9 @@
-"""The quickstart notebook: generate on one device, then with LP and ParaStep, against the exact clip. Cells for ``colab/_build.py``."""
+"""The quickstart notebook: generate on one device, then with LP and ParaStep, against the exact clip.
 
-from _cells import INSTALL, INSTALL_MD, MESH_DEVICES, SETUP, SETUP_MD, SHOW, code, md
+Cells for ``colab/_build.py``.
+"""
+
+from _cells import INSTALL, INSTALL_MD, SETUP, SETUP_MD, SHOW, code, md
 
 CELLS = [
     md(r"""

@@ -1,4 +1,7 @@
-"""The strategies notebook: every strategy on one mesh of all devices, fidelity, communication, time. Cells for ``colab/_build.py``."""
+"""The strategies notebook: every strategy on one mesh of all devices, fidelity, communication, time.
+
+Cells for ``colab/_build.py``.
+"""
 
 from _cells import INSTALL, INSTALL_MD, MESH_DEVICES, SETUP, SETUP_MD, SHOW, code, md
 

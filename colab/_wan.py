@@ -1,4 +1,7 @@
-"""The Wan notebook: model sizes, memory per device, a recommended layout, a checkpoint loaded and run. Cells for ``colab/_build.py``."""
+"""The Wan notebook: model sizes, memory per device, a recommended layout, a checkpoint loaded and run.
+
+Cells for ``colab/_build.py``.
+"""
 
 from _cells import INSTALL, INSTALL_MD, SETUP, SETUP_MD, SHOW, code, md
 

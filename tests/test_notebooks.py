@@ -137,7 +137,8 @@ def test_committed_notebooks_are_built_and_executed():
         first = next(c for c in on_disk.cells if c.cell_type == "code")
         assert 'REPO_URL = ""  # @param {type:"string"}' in first.source and install_body in first.source
         counts = [c.execution_count for c in on_disk.cells if c.cell_type == "code"]
-        assert counts == list(range(1, len(counts) + 1)), f"{path.name}: not one complete run ({counts})"
+        assert counts == list(range(1, len(counts) + 1)), \
+            f"{path.name}: not one complete run ({counts}): run python colab/_build.py --execute"
         outputs = [o for c in on_disk.cells if c.cell_type == "code" for o in c.outputs]
         assert not [o for o in outputs if o.output_type == "error"], f"{path.name} saved an error"
         text = _build.output_text(on_disk)
@@ -227,7 +228,8 @@ def test_pip_arguments_use_the_packages_own_extras(tmp_path):
     (tpu_extra,) = extras["tpu"]
     jax_range = next(requirements.Requirement(d) for d in _pyproject()["dependencies"] if d.startswith("jax>="))
     req = requirements.Requirement(tpu)
-    assert req.name == "jax" and req.extras == {"tpu"} and req.specifier == requirements.Requirement(tpu_extra).specifier
+    assert req.name == "jax" and req.extras == {"tpu"}
+    assert req.specifier == requirements.Requirement(tpu_extra).specifier
     assert req.specifier == jax_range.specifier  # the TPU build inside jaxvdm's supported range
     assert "0.10.2" in req.specifier and "0.11.2" in req.specifier and "0.12.0" not in req.specifier
     assert _install.pip_install_args("installed", "", "gpu", requires=['jax[cuda13]<0.12; extra == "cuda"',
@@ -344,7 +346,7 @@ def test_wan(runs):
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
             if line.startswith("| ") and " × " in line and not line.startswith("| hardware")]
     assert len(rows) == 10 * 3 and {r[2] for r in rows} == {"1.3B 480p", "14B 720p", "14B 480p"}
-    for hw, devices, size, strategy, mesh, est, text_on_device in rows:
+    for hw, devices, size, strategy, _mesh, est, _text_on_device in rows:
         n, gib = (float(x) for x in devices.split(" × "))
         if strategy != "does not fit":
             assert float(est) <= 0.9 * gib, (hw, size, est)
