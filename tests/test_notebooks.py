@@ -149,6 +149,23 @@ def test_committed_notebooks_are_built_and_executed():
         assert path.stat().st_size < 2**20, f"{path.name} is {path.stat().st_size / 2**20:.2f} MiB"
 
 
+def test_rebuild_keeps_outputs_of_unchanged_cells_and_check_ignores_outputs():
+    """A plain rebuild keeps each unchanged cell's saved outputs and drops a changed cell's; --check's comparison
+    sees a changed source and ignores outputs."""
+    on_disk = nbformat.read(COLAB / "quickstart.ipynb", as_version=4)
+    built = _build.build()["quickstart"]
+    assert _build.cell_sources(built) == _build.cell_sources(on_disk)  # outputs differ, sources do not
+    kept = _build.keep_outputs(built, on_disk)
+    assert [c.get("outputs") for c in kept.cells] == [c.get("outputs") for c in on_disk.cells]
+    i = next(i for i, c in enumerate(built.cells) if c.cell_type == "code" and on_disk.cells[i].outputs)
+    built.cells[i].source += "\nprint('changed')"
+    kept = _build.keep_outputs(built, on_disk)
+    assert kept.cells[i].outputs == [] and kept.cells[i].execution_count is None
+    others = [j for j, c in enumerate(built.cells) if c.cell_type == "code" and j != i]
+    assert all(kept.cells[j].outputs == on_disk.cells[j].outputs for j in others)
+    assert _build.cell_sources(built) != _build.cell_sources(on_disk)
+
+
 # ------------------------------------------------------------------------------------ the install cell
 
 
