@@ -111,7 +111,7 @@ def test_strategy_and_mesh_errors_name_the_axis(devices):
 
 
 def test_unknown_prompt_word_lists_the_vocabulary():
-    vocabulary = r"does not know \['dragon', 'purple'\]; its words are: a, and, .*circle"
+    vocabulary = r"does not know \['dragon', 'purple'\]; its words are: a, on, .*circle"
     with pytest.raises(ValueError, match=vocabulary) as info:
         jaxvdm.generate("a purple dragon moving left", **SMALL)
     assert "<pad>" not in str(info.value)
