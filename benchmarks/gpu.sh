@@ -15,6 +15,9 @@
 #   (r) Ring attention: its cuDNN kernel with log-sum-exp checked, then ring and ulysses per step   -> r_ring.json
 #   (c) time permitting: Wan2.1 14B, 720x1280x81, per-step time of ulysses+fsdp and lp (one GPU: the
 #       single-device step)                                                            -> c_14b.json
+#   (f) FP8: the 1.3B CFG step in bf16, fp8_attention and fp8 beside diffusers (eager, torch.compile) -> f_fp8_1p3b.json
+#   (g) FP8: the 14B 720p CFG step, bf16 and fp8                                               -> g_fp8_14b.json
+#   (h) FP8 fidelity (benchmarks/fp8_fidelity.py): predictions, 50-step latents, shapes adherence -> h_fp8_fidelity.json
 # Also writes env.txt (nvidia-smi, versions) and one log per part.
 set -u
 cd "$(dirname "$0")/.."
@@ -54,7 +57,8 @@ fi
   $PY -c "import sys, platform; print('python', sys.version.split()[0], platform.machine())"
 } 2>&1 | tee "$OUT/env.txt"
 
-# -- diffusers from the wheels in .whl (no network on the GPU machine) ---------------------------------
+# -- diffusers from the wheels in .whl (no network on the GPU machine; fetch them here first with
+#    bash benchmarks/fetch_wheels.sh and carry .whl) ------------------------------------------------------
 if ! $PY -c "import diffusers" 2>/dev/null; then
   if ls .whl/diffusers-*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --find-links .whl diffusers 2>&1 | tail -2
@@ -157,6 +161,30 @@ if has_part c && [ "$(left)" -gt 150 ]; then
   echo "== (c) $BIG ${BIGSIZE}x$BIGFRAMES $CSTRATS (timeout ${T}s)"
   timeout -k 15 "$T" $BENCH --model $BIG --size $BIGSIZE --frames $BIGFRAMES $COMMON $CBASE --opt overlap=${BENCH_LP_OVERLAP:-0.25} \
     --strategies $CSTRATS --warmup 1 --repeats 2 --no-warm-compile --json "$OUT/c_14b.json" 2>&1 | tee "$OUT/c.log"
+fi
+
+# -- (f) FP8: Wan 1.3B 480p CFG step in bf16, FP8 attention, FP8 attention + linears, beside diffusers ------
+if has_part f && [ "$(left)" -gt 120 ]; then
+  T=$(min 330 $(($(left) - 20)))
+  echo "== (f) $M ${SIZE}x$FRAMES single step bf16 / fp8_attention / fp8 vs diffusers (timeout ${T}s)"
+  timeout -k 15 "$T" $BENCH --model $M --size $SIZE --frames $FRAMES --strategies single $COMMON $REP \
+    --precision bf16,fp8_attention,fp8 --torch --torch-compile $TCOMPILE \
+    --torch-script "$ROOT/benchmarks/diffusers_step.py" --json "$OUT/f_fp8_1p3b.json" 2>&1 | tee "$OUT/f.log"
+fi
+
+# -- (g) FP8: Wan 14B 720p CFG step, bf16 vs fp8 ---------------------------------------------------------------
+if has_part g && [ "$(left)" -gt 150 ]; then
+  T=$(($(left) - 10))
+  echo "== (g) $BIG ${BIGSIZE}x$BIGFRAMES single step bf16 / fp8 (timeout ${T}s)"
+  timeout -k 15 "$T" $BENCH --model $BIG --size $BIGSIZE --frames $BIGFRAMES --strategies single $COMMON \
+    --precision bf16,fp8 --warmup 1 --repeats 2 --no-warm-compile --json "$OUT/g_fp8_14b.json" 2>&1 | tee "$OUT/g.log"
+fi
+
+# -- (h) FP8 fidelity: per-step predictions and 50-step latents (Wan 1.3B), the shipped model's adherence ---
+if has_part h && [ "$(left)" -gt 60 ]; then
+  T=$(($(left) - 10))
+  echo "== (h) FP8 fidelity (timeout ${T}s)"
+  timeout -k 15 "$T" $PY "$ROOT/benchmarks/fp8_fidelity.py" --json "$OUT/h_fp8_fidelity.json" 2>&1 | tee "$OUT/h.log"
 fi
 
 echo "== done in $(($(date +%s) - START)) s; files in $OUT:"

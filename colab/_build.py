@@ -866,7 +866,8 @@ WAN = [
                   "diffusion_pytorch_model.safetensors")
         (root / "scheduler").mkdir(exist_ok=True)
         (root / "scheduler" / "scheduler_config.json").write_text(
-            json.dumps({"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0, "prediction_type": "flow_prediction"}))
+            json.dumps({"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0, "prediction_type": "flow_prediction",
+                        "use_flow_sigmas": True}))
         # a T5-style sentencepiece tokenizer (pad 0, </s> 1, <unk> 2) trained on a few sentences
         import sentencepiece as spm
         from transformers import T5Tokenizer

@@ -26,36 +26,51 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _strategy_option_flags(parser: argparse.ArgumentParser) -> list[str]:
+def _strategy_option_flags(parser: argparse.ArgumentParser, shipped: dict) -> list[str]:
+    """One group of flags per strategy with options (``--overlap`` under "lp options", ...); an option whose
+    default is the model's shows the shipped model's value (preset key ``<strategy>_<option>``)."""
     from jaxvdm.sharding.registry import STRATEGIES
 
     names = []
-    group = parser.add_argument_group("strategy options (see --strategy)")
     for spec in STRATEGIES.values():
+        if not spec.options:
+            continue
+        group = parser.add_argument_group(f"{spec.name} options (with --strategy {spec.name})")
         for opt, default in spec.options.items():
             if opt in names:
                 continue
             names.append(opt)
             kind = type(default) if default is not None else int
+            model_value = shipped.get(f"{spec.name}_{opt}")
+            shown = repr(default) if default is not None else (
+                f"the model's; the shipped model's: {model_value}" if model_value is not None else "the model's")
             group.add_argument(f"--{opt.replace('_', '-')}", dest=f"opt_{opt}", type=kind, default=None,
-                               help=f"{spec.name}: default {default!r}")
+                               metavar="NAME" if kind is str else ("N" if kind is int else "R"),
+                               help=f"{spec.option_help.get(opt, opt)} (default: {shown})")
     return names
 
 
 def _add_mesh_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mesh", default=None, help="mesh axes, e.g. cfg=2,lp=4 (default: one device)")
-    p.add_argument("--strategy", default="single", help="strategy or composition, e.g. lp, cfg+ulysses")
-    p.add_argument("--cpu-devices", type=int, default=None,
-                   help="simulate this many CPU devices (to try multi-device strategies without accelerators)")
+    from jaxvdm.sharding.registry import available_strategies
+
+    m = p.add_argument_group("devices and strategy")
+    m.add_argument("--strategy", default="single", metavar="NAME",
+                   help=f"strategy or composition joined with '+': {', '.join(available_strategies())} "
+                        "(default: single)")
+    m.add_argument("--mesh", default=None, metavar="AXIS=N,...",
+                   help="mesh axes the strategy uses, e.g. lp=4 or cfg=2,sp=4 (axes: cfg, sp, fsdp, lp, step, "
+                        "stage; default: one device)")
+    m.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                   help="simulate N CPU devices, to try multi-device strategies without accelerators")
 
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("multi-process runs (run the same command on every host; only process 0 writes)")
-    d.add_argument("--coordinator", default=None,
+    d.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="host:port of process 0, the same on every process (default $JAXVDM_COORDINATOR); "
                         "give all three of these or none (one process)")
-    d.add_argument("--num-processes", type=int, default=None, help="process count (default $JAXVDM_NUM_PROCESSES)")
-    d.add_argument("--process-id", type=int, default=None, help="this process's index (default $JAXVDM_PROCESS_ID)")
+    d.add_argument("--num-processes", type=int, default=None, metavar="N", help="process count (default $JAXVDM_NUM_PROCESSES)")
+    d.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's index (default $JAXVDM_PROCESS_ID)")
 
 
 def _init_distributed(args) -> None:
@@ -68,38 +83,70 @@ def _init_distributed(args) -> None:
     initialize_distributed(*flags)
 
 
-def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
-    parser = argparse.ArgumentParser(prog="jaxvdm", description="Video diffusion transformers in JAX.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _shipped_defaults() -> dict:
+    """The shipped model's sampling defaults, for the help texts (read from its preset, nothing loaded)."""
+    from jaxvdm.models.presets import load_preset
 
-    g = sub.add_parser("generate", help="generate a video from a prompt")
-    g.add_argument("prompt")
-    g.add_argument("-o", "--output", default="out.mp4", help="output file (.mp4, .gif or .npz)")
+    return load_preset("shapes")["pipeline"]
+
+
+def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
+    parser = argparse.ArgumentParser(prog="jaxvdm", description="Video diffusion transformers in JAX: generate "
+                                     "videos on one device or many, convert checkpoints, measure strategies.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    d = _shipped_defaults()
+
+    g = sub.add_parser("generate", help="generate a video from a prompt",
+                       description="Generates a video from a text prompt and saves it. Without --model it uses "
+                                   "the small shapes model shipped with jaxvdm (see --list-words for the words it "
+                                   "knows); sizes, steps and guidance default to the model's settings.")
+    g.add_argument("prompt", nargs="?", help="the text, e.g. \"a red circle moving left on a dark background\"")
+    g.add_argument("-o", "--output", default="out.mp4", metavar="FILE",
+                   help="output file: .mp4, .gif or .npz (frames, latents and settings) (default: out.mp4)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    g.add_argument("--model", default=None, help="checkpoint folder (default: the shipped shapes model)")
-    g.add_argument("--num-frames", type=int)
-    g.add_argument("--height", type=int)
-    g.add_argument("--width", type=int)
-    g.add_argument("--steps", type=int)
-    g.add_argument("--guidance-scale", type=float)
-    g.add_argument("--negative-prompt")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--scheduler", choices=["unipc", "euler"])
-    g.add_argument("--shift", type=float)
-    g.add_argument("--attention", choices=["auto", "xla", "xla_chunked", "cudnn"])
-    g.add_argument("--profile-dir", help="write a jax.profiler trace of the denoising loop here")
-    g.add_argument("--dump-hlo", help="write the optimised HLO of every compiled step here")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--list-words", action="store_true", help="print the shipped model's words and caption grammar")
+    g.add_argument("--model", default=None, metavar="PATH",
+                   help="a diffusers Wan2.1 folder, or a retrained shapes .safetensors (default: the shipped model)")
+    s = g.add_argument_group("sampling (defaults: the model's; the shipped model's in brackets)")
+    s.add_argument("--num-frames", type=int, metavar="N", help=f"video frames [{d['num_frames']}]")
+    s.add_argument("--height", type=int, metavar="PX", help=f"height in pixels [{d['height']}]")
+    s.add_argument("--width", type=int, metavar="PX", help=f"width in pixels [{d['width']}]")
+    s.add_argument("--steps", type=int, metavar="N", help=f"denoising steps [{d['steps']}]")
+    s.add_argument("--guidance-scale", type=float, metavar="G",
+                   help=f"classifier-free guidance; 1 turns it off [{d['guidance_scale']}]")
+    s.add_argument("--negative-prompt", metavar="TEXT", help="the unconditional prompt [the model's; shipped: empty]")
+    s.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the initial noise, the same on every mesh (default: 0)")
+    s.add_argument("--scheduler", choices=["unipc", "euler"], help=f"flow-matching solver [{d['scheduler']}]")
+    s.add_argument("--shift", type=float, metavar="S", help=f"flow shift of the noise schedule [{d['flow_shift']}]")
+    s.add_argument("--attention", metavar="NAME",
+                   help="local attention kernel: auto, xla, xla_chunked, cudnn, splash (TPU; splash:block_q=N,...) "
+                        "(default: auto: cuDNN on GPUs in half precision, splash on TPUs, XLA otherwise)")
+    s.add_argument("--precision", choices=["bf16", "fp8_attention", "fp8"], default="bf16",
+                   help="bf16 (default); fp8_attention: cuDNN FP8 flash attention for self-attention; fp8: that "
+                        "and the blocks' linear layers as FP8 matmuls (NVIDIA Hopper GPUs only; attention whose "
+                        "keys are padded, e.g. Ulysses/Ring with tokens the devices do not divide, stays bf16)")
+    o = g.add_argument_group("output and diagnostics")
+    o.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show a progress bar of finished steps (default: on when stderr is a terminal)")
+    o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    o.add_argument("--profile-dir", metavar="DIR", help="write a jax.profiler trace of the denoising loop here "
+                                                        "(summarise it with 'jaxvdm profile DIR')")
+    o.add_argument("--dump-hlo", metavar="DIR", help="write the optimised HLO of every compiled step here")
     _add_mesh_args(g)
     _add_distributed_args(g)
-    opts = _strategy_option_flags(g)
+    opts = _strategy_option_flags(g, d)
 
-    c = sub.add_parser("convert", help="convert a Wan transformer checkpoint to an orbax folder")
-    c.add_argument("src")
-    c.add_argument("dst")
+    c = sub.add_parser("convert", help="convert a Wan transformer checkpoint to an orbax folder (faster loading)",
+                       description="Reads a Wan transformer checkpoint strictly and writes its converted parameters "
+                                   "and config with orbax; load the result with --model DST or load_transformer(DST).")
+    c.add_argument("src", metavar="SRC", help="a diffusers transformer/ folder, an original-format Wan folder or "
+                                              ".safetensors file (with its config.json beside it)")
+    c.add_argument("dst", metavar="DST", help="a new (or empty) folder to write")
 
-    pr = sub.add_parser("profile", help="summarise a profile directory (trace and/or HLO dump)")
-    pr.add_argument("directory")
+    pr = sub.add_parser("profile", help="summarise a profile directory (trace and/or HLO dump)",
+                        description="Prints the time per strategy phase and op category of a jax.profiler trace, "
+                                    "and the collectives of every dumped HLO.")
+    pr.add_argument("directory", metavar="DIR", help="a --profile-dir or --dump-hlo folder of 'jaxvdm generate'")
     pr.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     from jaxvdm.bench.cli import add_parser as add_bench_parser
@@ -110,8 +157,25 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     return parser, opts
 
 
+def _list_words() -> str:
+    """The shipped model's vocabulary, by kind, and its caption grammar."""
+    from jaxvdm.models.shapes import data
+
+    lines = ["The shipped shapes model draws one shape per caption:",
+             '  "a [size] COLOUR SHAPE MOTION [on a BACKGROUND background]"',
+             f"  size:       {', '.join(data.SIZE_WORDS)} (optional; not with growing/shrinking)",
+             f"  colour:     {', '.join(data.COLOURS)}",
+             f"  shape:      {', '.join(data.SHAPES)}",
+             f"  motion:     {', '.join(data.MOTION_PHRASES.values())}",
+             f"  background: {', '.join(data.BACKGROUNDS)} (optional)",
+             'e.g. "a small red circle moving left on a dark background", "a blue square growing"']
+    return "\n".join(lines)
+
+
 def _check_output(path: str, overwrite: bool) -> Path:
     out = Path(path)
+    if out.is_dir():
+        raise CLIError(f"output {path!r} is a directory; give a file name such as {path.rstrip('/')}/out.mp4")
     if out.suffix.lower() not in _SUFFIXES:
         raise CLIError(f"output {path!r}: unsupported suffix {out.suffix or '(none)'!r}; use one of {', '.join(_SUFFIXES)}")
     parent = out.absolute().parent
@@ -124,8 +188,6 @@ def _check_output(path: str, overwrite: bool) -> Path:
             pass
     except OSError as e:
         raise CLIError(f"output {path!r}: cannot write in directory {str(parent)!r} ({e.strerror or e})") from None
-    if out.is_dir():
-        raise CLIError(f"output {path!r} is a directory; give a file name such as {path.rstrip('/')}/out.mp4")
     if out.exists() and not overwrite:
         raise CLIError(f"output {path!r} exists; pass --overwrite to replace it")
     return out
@@ -159,6 +221,12 @@ def _mesh(spec: str | None):
 
 
 def _generate(args, opt_names) -> int:
+    if args.list_words:
+        print(_list_words())
+        return 0
+    if args.prompt is None:
+        raise CLIError("give a prompt, e.g. jaxvdm generate \"a red circle moving left\" (--list-words shows the "
+                       "shipped model's words)")
     out = _check_output(args.output, args.overwrite)
     _set_cpu_devices(args.cpu_devices)
     _init_distributed(args)
@@ -169,7 +237,7 @@ def _generate(args, opt_names) -> int:
     kwargs = dict(model=args.model, mesh=mesh, strategy=args.strategy, num_frames=args.num_frames, height=args.height,
                   width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
                   negative_prompt=args.negative_prompt, seed=args.seed, scheduler=args.scheduler, shift=args.shift,
-                  attention=args.attention, progress=False if args.no_progress else None,
+                  attention=args.attention, precision=args.precision, progress=args.progress,
                   profile_dir=args.profile_dir, dump_hlo=args.dump_hlo, **options)
     _validate_before_compute(kwargs)
     video = jaxvdm.generate(args.prompt, **kwargs)
@@ -205,8 +273,10 @@ def _convert(args) -> int:
     from jaxvdm.models.wan.transformer import load_transformer, save_converted
 
     dst = Path(args.dst)
+    if dst.exists() and not dst.is_dir():
+        raise CLIError(f"destination {args.dst!r} is a file; give a new folder to write the converted checkpoint in")
     if dst.exists() and any(dst.iterdir()):
-        raise CLIError(f"destination {args.dst!r} exists and is not empty")
+        raise CLIError(f"destination {args.dst!r} exists and is not empty; give a new folder")
     model = load_transformer(args.src)
     save_converted(model, dst)
     print(f"wrote {dst} (orbax; load with jaxvdm.models.wan.load_transformer({str(dst)!r}))")
@@ -242,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"jaxvdm: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, OSError) as e:  # OSError: e.g. a permission or disk error while saving
+    except (ValueError, TypeError, OSError, MemoryError) as e:  # OSError: e.g. a permission or disk error while saving
         msg = "; ".join(line.strip() for line in str(e).splitlines()) or type(e).__name__
         print(f"jaxvdm: error: {msg}", file=sys.stderr)
         return 2

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxvdm.models.pipeline import Pipeline, SizeError
+from jaxvdm.models.pipeline import Pipeline, SizeError, valid_frames
+from jaxvdm.sharding.runtime import MemoryBudgetError, check_activations
 from jaxvdm.models.schedulers import make_scheduler
 from jaxvdm.sharding.registry import resolve
 
@@ -96,6 +97,7 @@ def generate(
     negative_prompt_embeds=None,
     decode: bool = True,
     attention: str | None = None,
+    precision: str = "bf16",
     progress: bool | None = None,
     profile_dir: str | os.PathLike | None = None,
     dump_hlo: str | os.PathLike | None = None,
@@ -118,7 +120,12 @@ def generate(
       latents: initial noise ``[1, C, T', H', W']`` instead of ``seed`` (to compare across frameworks).
       prompt_embeds, negative_prompt_embeds: ``[1, L, text_dim]`` text embeddings instead of encoding.
       decode: False returns the video without decoding (``Video.frames`` empty, latents set).
-      attention: local attention backend ("auto", "xla", "xla_chunked", "cudnn").
+      attention: local attention backend ("auto", "xla", "xla_chunked", "cudnn", "splash", "cudnn_fp8").
+      precision: "bf16" (the model's dtype, default), "fp8_attention" (cuDNN FP8 flash attention for
+        self-attention, everything else as is) or "fp8" (that and the blocks' linear layers as FP8 matmuls,
+        weights quantised once). FP8 needs an NVIDIA Hopper GPU (refused elsewhere, in one line); a call
+        whose keys are padded (Ulysses/Ring/FSDP when the tokens do not divide the devices, DualParal's
+        cached keys) runs that attention in bf16.
       progress: progress bar over denoising steps (default: on when stderr is a terminal).
       profile_dir: write a ``jax.profiler`` trace of the denoising loop there (and the compiled steps'
         optimised HLO under ``profile_dir/hlo``); summarise it with ``jaxvdm profile DIR``.
@@ -155,12 +162,20 @@ def generate(
     from jaxvdm.models.wan.attention import get_attention
 
     get_attention(attention)  # an unknown backend fails here, not while tracing the first step
+    model, attention = with_precision(pipe.transformer, precision, attention)
     plan = resolve(strategy, mesh, strategy_options)
     with_cfg = guidance_scale > 1.0
     if plan.cfg_axis and not with_cfg:
         raise ValueError("strategy 'cfg' splits the guidance pair, but guidance_scale <= 1 disables guidance; "
                          "use guidance_scale > 1 or drop 'cfg'")
     sched = make_scheduler(scheduler_name, steps, shift)
+    cfg = pipe.transformer.config
+    try:  # a lower bound of the memory one device's forward needs, before anything is compiled
+        check_activations(plan.forward_tokens(plan, shape, cfg.patch_size, steps, model_defaults(pipe)),
+                          2 if with_cfg and not plan.cfg_axis else 1, cfg.ffn_dim,
+                          jnp.dtype(model.dtype).itemsize, mesh)
+    except MemoryBudgetError as e:
+        raise MemoryError(_fit_advice(e, pipe, num_frames, height, width, mesh)) from None
 
     if latents is not None:
         noise = jnp.asarray(latents, jnp.float32)
@@ -173,9 +188,19 @@ def generate(
     context = _text_context(pipe, prompt, negative_prompt, with_cfg, prompt_embeds, negative_prompt_embeds)
     t_text = time.perf_counter() - t0
 
-    with maybe_trace(profile_dir, dump_hlo):
-        out, timing = plan.sample(pipe.transformer, plan, mesh, noise, context, guidance_scale, sched,
-                                  attention=attention, progress=progress, defaults=model_defaults(pipe))
+    try:
+        with maybe_trace(profile_dir, dump_hlo):
+            out, timing = plan.sample(model, plan, mesh, noise, context, guidance_scale, sched,
+                                      attention=attention, progress=progress, defaults=model_defaults(pipe),
+                                      seed=None if latents is not None else seed)
+    except MemoryBudgetError as e:
+        raise MemoryError(_fit_advice(e, pipe, num_frames, height, width, mesh)) from None
+    except Exception as e:  # noqa: BLE001 - only an out-of-memory of the runtime is rephrased
+        if not _is_out_of_memory(e):
+            raise
+        raise MemoryError(f"ran out of device memory generating {num_frames}x{height}x{width} with strategy "
+                          f"{plan.describe()}: use a smaller video or more devices "
+                          f"({str(e).strip().splitlines()[0][:200]})") from None
     out_np = _to_host(out)
 
     t0 = time.perf_counter()
@@ -186,7 +211,7 @@ def generate(
     t_decode = time.perf_counter() - t0
     settings = dict(
         prompt=prompt, negative_prompt=negative_prompt if with_cfg else None, model=pipe.name, strategy=plan.describe(),
-        strategy_options=dict(plan.options), num_frames=num_frames, height=height, width=width, steps=steps,
+        strategy_options=dict(plan.options), precision=precision, num_frames=num_frames, height=height, width=width, steps=steps,
         guidance_scale=guidance_scale, scheduler=scheduler_name, shift=shift, seed=None if latents is not None else seed,
         timings=dict(text_s=t_text, **{k: v for k, v in timing.items() if isinstance(v, (int, float))},
                      decode_s=t_decode, total_s=time.perf_counter() - t_start),
@@ -195,6 +220,60 @@ def generate(
     if frames is None:
         return Video(frames=np.zeros((0, height, width, 3), np.uint8), fps=fps, latents=out_np, settings=settings)
     return Video.from_float(frames, fps=fps, latents=out_np, settings=settings)
+
+
+PRECISIONS = ("bf16", "fp8_attention", "fp8")
+_FP8_MODELS: dict = {}
+
+
+def with_precision(model, precision: str, attention: str | None):
+    """``(model, attention)`` for ``precision``: as given for "bf16"; cuDNN FP8 self-attention for
+    "fp8_attention"; and the blocks' linear layers quantised to FP8 once (cached per model) for "fp8".
+    Raises ValueError for another name, or (:func:`~jaxvdm.models.wan.fp8_support.check_fp8`) when this
+    machine cannot run FP8."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16":
+        return model, attention
+    from jaxvdm.models.wan.fp8_support import check_fp8
+
+    check_fp8()
+    if attention not in (None, "auto", "cudnn", "cudnn_fp8"):
+        raise ValueError(f"precision={precision!r} runs attention through cuDNN FP8; attention={attention!r} "
+                         "cannot be combined with it (leave attention unset)")
+    if precision == "fp8":
+        key = id(model)
+        if key not in _FP8_MODELS or _FP8_MODELS[key][0] is not model:
+            from jaxvdm.models.wan.fp8 import quantize_transformer
+
+            _FP8_MODELS.clear()
+            _FP8_MODELS[key] = (model, quantize_transformer(model))
+        model = _FP8_MODELS[key][1]
+    return model, "cudnn_fp8"
+
+
+def _is_out_of_memory(e: Exception) -> bool:
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def _fit_advice(e: MemoryBudgetError, pipe: Pipeline, num_frames: int, height: int, width: int, mesh) -> str:
+    """One line: what the request needs, what is free, and the largest frame count (and size) that would fit
+    on these devices (memory grows about linearly with tokens), or how many devices it needs."""
+    ratio = e.available / max(e.needed, 1)
+    st, sh, sw = pipe.vae_stride
+    pt, ph, pw = pipe.transformer.config.patch_size
+    frames = max(1, int(num_frames * ratio))
+    while frames > 1 and not valid_frames(frames, st, pt):
+        frames -= 1
+    scale = ratio ** 0.5
+    m_h, m_w = sh * ph, sw * pw
+    h, w = max(m_h, int(height * scale) // m_h * m_h), max(m_w, int(width * scale) // m_w * m_w)
+    devices = 1 if mesh is None else mesh.size
+    more = max(2, -(-e.needed // max(e.available, 1)) * devices)
+    return (f"{num_frames}x{height}x{width} does not fit: {e}; at this size about {frames} frames fit, or at "
+            f"{num_frames} frames about {h}x{w}; or split the video over {more} or more devices (e.g. "
+            f"--mesh sp={more} --strategy ulysses)")
 
 
 def model_defaults(pipe: Pipeline) -> dict:

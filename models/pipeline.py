@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 if TYPE_CHECKING:  # annotations only: the Pipeline holds any model with a WanTransformer's interface
     from jaxvdm.models.wan.transformer.model import WanTransformer
 
-__all__ = ["Pipeline", "SizeError", "latent_shape", "parse_size"]
+__all__ = ["Pipeline", "SizeError", "latent_shape", "parse_size", "valid_frames"]
 
 
 class SizeError(ValueError):
@@ -68,8 +68,8 @@ def latent_shape(num_frames: int, height: int, width: int, *, vae_stride, patch,
     for what, v in (("num_frames", num_frames), ("height", height), ("width", width)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise SizeError(f"{what} must be a positive integer, got {v!r}")
-    if not _valid_frames(num_frames, st, pt):
-        near = _nearest(num_frames, lambda f: _valid_frames(f, st, pt))
+    if not valid_frames(num_frames, st, pt):
+        near = _nearest(num_frames, lambda f: valid_frames(f, st, pt))
         rule = f"{st}*k+1" if st > 1 else "any count"
         if pt > 1:
             rule += f" giving a latent length (k+1) that is a multiple of the patch {pt}"
@@ -85,7 +85,8 @@ def latent_shape(num_frames: int, height: int, width: int, *, vae_stride, patch,
     return (1, channels, t, height // sh, width // sw)
 
 
-def _valid_frames(f: int, st: int, pt: int) -> bool:
+def valid_frames(f: int, st: int, pt: int) -> bool:
+    """Whether ``f`` video frames encode to a whole latent (``st * k + 1``) whose length is a multiple of ``pt``."""
     return f >= 1 and (f - 1) % st == 0 and ((f - 1) // st + 1) % pt == 0
 
 

@@ -29,11 +29,13 @@ static.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 
@@ -45,7 +47,7 @@ from jaxvdm.sharding.dualparal_block import (Geometry, coordinated_noise, embed_
                                              stage_layers, update_block, window_head, window_layers)
 
 __all__ = ["Geometry", "geometry", "coordinated_noise", "serial_oracle", "sample", "pipeline_program", "stage_layers",
-           "run_geometry"]
+           "run_geometry", "noise_seed", "forward_tokens"]
 
 
 # ------------------------------------------------------------------------------------------ serial oracle
@@ -97,6 +99,26 @@ def run_geometry(model: WanTransformer, plan, latent_shape, defaults=None) -> Ge
     ``context_frames`` from the plan's options, else from the model's ``defaults``
     (``dualparal_block_frames``, ``dualparal_context_frames``); ``defaults["vae_stride"]`` words the
     error messages in video frames. Raises ValueError naming valid frame counts."""
+    b, c = _blocks(plan, defaults)
+    stride_t = int(dict(defaults or {}).get("vae_stride", (4, 8, 8))[0])
+    return geometry(latent_shape, model.config.patch_size, b, c, vae_stride_t=stride_t)
+
+
+def noise_seed(noise, geo: Geometry) -> int:
+    """A seed drawn from the values of the noise pool (the first ``B + C`` frames of ``noise``), for a run
+    given latents instead of a seed: the same noise gives the same seed on every process and mesh."""
+    pool = np.asarray(jax.device_get(noise[:, :, :geo.window]))
+    return int.from_bytes(hashlib.sha256(np.ascontiguousarray(pool, np.float32).tobytes()).digest()[:8], "little")
+
+
+def forward_tokens(plan, latent_shape, patch, num_steps: int, defaults=None) -> int:
+    """The tokens of one block window, ``(B + C) * h' * w'``: every DualParal forward holds one window."""
+    stride_t = int(dict(defaults or {}).get("vae_stride", (4, 8, 8))[0])
+    geo = geometry(latent_shape, patch, *_blocks(plan, defaults), vae_stride_t=stride_t)
+    return geo.window * geo.tokens_per_frame
+
+
+def _blocks(plan, defaults) -> tuple[int, int]:
     defaults = dict(defaults or {})
     b, c = plan.option("block_frames"), plan.option("context_frames")
     b = defaults.get("dualparal_block_frames") if b is None else b
@@ -104,16 +126,19 @@ def run_geometry(model: WanTransformer, plan, latent_shape, defaults=None) -> Ge
     if b is None or c is None:
         raise ValueError("dualparal needs block_frames and context_frames (latent frames per block and of context), "
                          "e.g. block_frames=8, context_frames=8")
-    stride_t = int(defaults.get("vae_stride", (4, 8, 8))[0])
-    return geometry(latent_shape, model.config.patch_size, b, c, vae_stride_t=stride_t)
+    return b, c
 
 
-def sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention=None, progress=None, defaults=None):
+def sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention=None, progress=None, defaults=None,
+           seed=None):
     """Runs DualParal: pipelined over ``mesh``'s ``stage`` axis, or the serial oracle without a mesh.
 
-    Returns ``(latents, timings)``; the pipelined run adds ``bubble_ratio`` and ``slots``."""
+    The coordinated noise's per-block permutations are drawn from ``seed`` (the user's seed; without
+    one, from the noise itself, :func:`noise_seed`), so the same seed gives the same video on every
+    mesh and different seeds different permutations. Returns ``(latents, timings)``; the pipelined run
+    adds ``bubble_ratio`` and ``slots``."""
     geo = run_geometry(model, plan, noise.shape, defaults)
-    x0 = coordinated_noise(jnp.asarray(noise, jnp.float32), geo)
+    x0 = coordinated_noise(jnp.asarray(noise, jnp.float32), geo, noise_seed(noise, geo) if seed is None else seed)
     if mesh is None or plan.size(plan.loop_axis) == 1 and not plan.cfg_axis:
         return serial_oracle(model, x0, context, guidance, scheduler, geo, attention=attention, progress=progress)
     n = plan.size(plan.loop_axis)
@@ -138,5 +163,10 @@ def pipeline_program(model, plan, mesh, latent_shape, text_shape, scheduler, *, 
     args = (abstract_like(state, mesh, specs), *abstract_like(
         (jax.ShapeDtypeStruct(tuple(latent_shape), jnp.float32), jax.ShapeDtypeStruct(tuple(text_shape), jnp.float32),
          jax.ShapeDtypeStruct((), jnp.float32), {k: jnp.asarray(v) for k, v in arrays.items()}), mesh))
+    details = {"slots": len(schedule.slots), "bubble_ratio": float(sched_lib.bubble_ratio(schedule))}
+    if not plan.cfg_axis:  # each stage's own work, compiled with its index fixed
+        details["stage_flops_per_slot"] = dualparal_pipeline.stage_flops(model, plan, geo, scheduler,
+                                                                         with_cfg=text_shape[0] == 2,
+                                                                         attention=attention)
     return Program(name=f"pipelined run ({geo.num_blocks} blocks, {len(schedule.slots)} slots)",
-                   compiled=f.lower(*args).compile(), runs=1)
+                   compiled=f.lower(*args).compile(), runs=1, details=details)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxvdm.models.wan import rope as rope_lib
+from jaxvdm.models.wan.attention import cross_attention_backend
 from jaxvdm.models.wan.transformer.model import Conditioning, ExtraKV, WanTransformer, unpatchify
 from jaxvdm.sharding.dualparal_schedule import block_layout, noise_pool_order
 from jaxvdm.sharding.predict import guide
@@ -71,8 +72,9 @@ def geometry(latent_shape, patch, block_frames: int, context_frames: int, *, vae
                     tokens_per_frame=(h // ph) * (w // pw), patch=tuple(patch))
 
 
-def coordinated_noise(noise: jax.Array, geo: Geometry, seed: int = 0) -> jax.Array:
-    """The initial latent video built from a pool: the first ``B + C`` frames of ``noise``, permuted per block."""
+def coordinated_noise(noise: jax.Array, geo: Geometry, seed: int) -> jax.Array:
+    """The initial latent video built from a pool: the first ``B + C`` frames of ``noise``, permuted per
+    block with permutations drawn from ``seed`` (see ``noise_pool_order``)."""
     pool = noise[:, :, : geo.window]
     order = noise_pool_order(geo.num_blocks, geo.B, geo.C, seed)
     parts = [jnp.take(pool, jnp.asarray(idx), axis=2) for idx in order]
@@ -109,8 +111,8 @@ def window_layers(model, h, t, ctx, geo, cache, read, *, attention=None, layers=
     if geo.C > 0:
         extra = ExtraKV(cache[0], cache[1], cos_e, sin_e, jnp.asarray(read))
     out = model.run_blocks(h, Conditioning(tproj, context, cos, sin), layers=layers, self_attention=attention,
-                           cross_attention=attention, extra=extra, capture=geo.capture, block_state=block_state,
-                           layer_valid=layer_valid)
+                           cross_attention=cross_attention_backend(attention), extra=extra, capture=geo.capture,
+                           block_state=block_state, layer_valid=layer_valid)
     if geo.C == 0:
         return out, cache
     return out

@@ -419,7 +419,7 @@ def noise_pool_order(Nb: int, B: int, C: int, seed: int) -> list[np.ndarray]:
 
     A rolling template of pool indices starts as ``0 … B+C−1``. For each new block the template becomes
     ``[old[B:] (its last C) ‖ old[:B] in a random order]`` (one ``permutation(B)`` per block, block 0
-    included, from ``numpy.random.default_rng(seed)``). Block 0 takes the whole template (``B + C``
+    included, from ``numpy.random.default_rng(seed mod 2**64)``). Block 0 takes the whole template (``B + C``
     int64 indices), every later block its last ``B``. So block ``k >= 1``'s frames are exactly the pool
     minus the last ``C`` frames of block ``k − 1``. Concatenating the gathered frames gives the initial
     latent video of ``C + Nb·B`` frames.
@@ -428,7 +428,7 @@ def noise_pool_order(Nb: int, B: int, C: int, seed: int) -> list[np.ndarray]:
     Nb = _int("number of blocks Nb", Nb)
     if Nb < 1:
         raise ValueError(f"dualparal needs at least one block, got Nb={Nb}")
-    rng = np.random.default_rng(_int("seed", seed))
+    rng = np.random.default_rng(_int("seed", seed) % 2**64)  # any 64-bit seed, negative ones included
     template = np.arange(B + C, dtype=np.int64)
     out = []
     for k in range(Nb):

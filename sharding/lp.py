@@ -23,6 +23,7 @@ length (clamped inside the video), so every step is one SPMD program; see
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -61,14 +62,46 @@ def _number(name: str, value) -> float:
     return float(value)
 
 
+def _full_threshold(n: int, k: int) -> int:
+    """The smallest overlap in patches ``o`` at which every window of an ``n``-patch axis over ``k``
+    devices is the whole axis (``n + 1`` if none is)."""
+    c = -(-n // k)
+    for o in range(n + 1):
+        lengths = [min(n, (j + 1) * c + o) - max(0, j * c - o) for j in range(k) if max(0, j * c - o) < n]
+        if max(lengths) >= n:
+            return o
+    return n + 1
+
+
+def _degenerate(axis: str, n: int, k: int, r: float, partition) -> tuple[str | None, str | None]:
+    """``(kind, message)`` when the partition is not what ``overlap=r`` asks for: every window the whole
+    axis although ``r < K-1`` (``"full"``), or an overlap of 0 patches although ``r > 0`` (``"zero"``)."""
+    c = -(-n // k)
+    if partition.full and r < k - 1:
+        below = _full_threshold(n, k) / c
+        return "full", (f"lp overlap={r:g} at K={k} makes every window the whole {axis} axis ({n} patches): each "
+                        f"device computes the whole video at those steps; an overlap below {below:.3g} splits it")
+    if r > 0 and partition.o == 0:
+        return "zero", (f"lp overlap={r:g} rounds to 0 patches on the {axis} axis (core {c} patches at K={k}): "
+                        f"its windows do not overlap; the smallest overlap giving 1 patch there is {1 / c:.3g}")
+    return None, None
+
+
 def windows_for(plan: Plan, latent_shape, patch, num_steps: int) -> Callable[[int], LPWindow]:
     """Per-step partitions for ``plan``'s LP options on a latent ``[1, C, T, H, W]``.
 
     Every step's partition is built (and validated) here, before any compute; the returned function
-    maps a step index to its :class:`LPWindow`. Raises ValueError naming the problem for a latent size
-    that is not a multiple of the patch, K larger than every axis's patch count, an overlap (or the unite
-    schedule's ``r_max``) that is not a number in ``[0, K-1]``, or an unknown schedule or ramp. With K = 1
-    (no mesh, or ``lp=1``) one window is the whole latent: every step is the exact full-latent one.
+    maps a step index to its :class:`LPWindow` (``axis=None``: an exact full-latent step, which runs with
+    the tokens split over the ``lp`` axis, see :func:`jaxvdm.sharding.predict.guided_prediction`).
+
+    Raises ValueError naming the problem for a latent size that is not a multiple of the patch, K larger
+    than every axis's patch count, an overlap (or the unite schedule's ``r_max``) that is not a number in
+    ``[0, K-1]``, an unknown schedule or ramp, or an overlap below ``K-1`` that makes every window of
+    every step the whole axis (each device would compute the whole video: no parallelism, not what was
+    asked). Warns (``UserWarning``, one line per axis) when some axis's windows are all whole, or when a
+    positive overlap rounds to 0 patches on an axis, naming the overlap that gives what was asked. An
+    explicit ``overlap=0`` (disjoint windows) and ``overlap=K-1`` (every window whole: exact) are taken as
+    asked. With K = 1 (no mesh, or ``lp=1``) every step is the exact full-latent one.
     """
     k = plan.size(plan.lp_axis)
     overlap = _number("overlap", plan.option("overlap"))
@@ -92,6 +125,7 @@ def windows_for(plan: Plan, latent_shape, patch, num_steps: int) -> Callable[[in
     patch_of = dict(zip("THW", patch))
     windows: list[LPWindow] = []
     cache: dict = {}
+    problems: dict[tuple[str, str], str] = {}
     for i, axis in enumerate(axes):
         if axis == "full":
             windows.append(LPWindow(None, 0, np.zeros((k,), np.int32), np.zeros((k, 0), np.float32)))
@@ -101,8 +135,20 @@ def windows_for(plan: Plan, latent_shape, patch, num_steps: int) -> Callable[[in
         if key not in cache:
             p = patch_of[axis]
             partition = part.uniform_windows(grid[axis], k, r)
+            kind, message = _degenerate(axis, grid[axis], k, r, partition)
+            if kind is not None:
+                problems.setdefault((axis, kind), message)
             weights = part.blend_weights(partition, p, ramp=ramp).astype(np.float32)
             starts = (np.asarray(partition.win_start) * p).astype(np.int32)
             cache[key] = LPWindow(part.AXIS_DIM[axis], int(partition.length) * p, starts, weights)
         windows.append(cache[key])
+    partial = [w for w in windows if w.axis is not None and w.length < latent_shape[w.axis]]
+    if not partial and any(kind == "full" for _, kind in problems):
+        sizes = ", ".join(f"{a}={grid[a]}" for a in "THW")
+        raise ValueError(f"lp overlap={overlap if schedule != 'unite' else r_max:g} at K={k} makes every window of "
+                         f"every step the whole axis (patch grid {sizes}): every device would compute the whole "
+                         f"video; use a smaller overlap, fewer LP devices or a larger video "
+                         f"({'; '.join(m.split(': ', 1)[1] for (a, kd), m in problems.items() if kd == 'full')})")
+    for message in problems.values():
+        warnings.warn(message, stacklevel=3)
     return lambda i: windows[i]

@@ -115,7 +115,7 @@ class Partition:
     :func:`uniform_windows`), latent indices after :meth:`in_latent`.
 
     n: axis length; k: number of devices; overlap: the ratio r; o: overlap per side;
-    length: the window length shared by all devices (``min(n, max_core + 2*o)``);
+    length: the window length shared by all devices: the longest of the paper's clipped windows (§3.1);
     core_start, core_end, win_start, win_end: ``[K]`` int64 read-only arrays, device ``k``'s core
     ``[core_start[k], core_end[k])`` and window ``[win_start[k], win_end[k])``.
 
@@ -162,8 +162,10 @@ def uniform_windows(n_patches: int, K: int, overlap: float) -> Partition:
     * Cores are balanced: device ``k`` owns patches ``[floor(k*n/K), floor((k+1)*n/K))``, so no device is
       idle and core lengths are ``floor(n/K)`` or ``ceil(n/K)``.
     * The overlap per side is ``o = floor(overlap * c)`` with ``c = ceil(n/K)`` the **largest** core
-      length; this ``c`` is the paper's core length, so ``o`` equals the paper's overlap and the shared
-      window length ``L = min(n, c + 2*o)`` equals the paper's largest (interior) window.
+      length; this ``c`` is the paper's core length, so ``o`` equals the paper's overlap. The shared window
+      length ``L`` is the longest of the paper's clipped windows ``[max(0, k*c - o), min(n, (k+1)*c + o))``
+      (:func:`paper_windows`): ``c + 2*o`` when an interior window exists (K >= 3 and it fits), ``c + o``
+      at K = 2 (both windows are edge windows), never more than ``n``.
     * Every window has length ``L``. Window ``k`` starts at ``core_start[k] - o``, clamped into
       ``[0, n - L]``; a shorter core (``c - 1``) thus gets one extra patch after its core. The clamp only
       moves a window towards the interior, so every window contains its core, and also contains
@@ -186,7 +188,7 @@ def uniform_windows(n_patches: int, K: int, overlap: float) -> Partition:
     core_start, core_end = bounds[:-1], bounds[1:]
     c = -(-n // k)
     o = overlap_patches(r, c)
-    length = min(n, c + 2 * o)
+    length = int(paper_windows(n, k, r).lengths.max())
     win_start = np.clip(core_start - o, 0, n - length)
     win_end = win_start + length
     return Partition(n, k, r, o, length, _readonly(core_start), _readonly(core_end),

@@ -24,8 +24,9 @@ Sequential model calls on the critical path: ``W + ceil((T−W)/N)``; model call
 ``T + (N−1)·W`` (the warm-up is replicated). Speed-up bound ``T / (W + ceil((T−W)/N))``.
 
 Inner predict transforms compose: ``parastep+cfg`` (each device's evaluation split over ``cfg``) and
-``parastep+lp`` (each evaluation latent-parallel over ``lp``). With ``lp``, the partition of a round is
-the one of its start step ``s`` for every device (the partition must be static per compiled round).
+``parastep+lp`` (each evaluation latent-parallel over ``lp``). With ``lp``, every evaluation uses its own
+step's partition, so the axis keeps rotating: device ``j`` of a round starting at ``s`` evaluates step
+``s + j`` with step ``s + j``'s partition (a static branch per distinct partition, picked by ``j``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from jaxvdm.sharding.plan import Plan
 from jaxvdm.sharding.predict import LPWindow, guided_prediction, shard_map
 
 __all__ = ["rounds", "model_calls", "speedup_bound", "validate", "min_steps", "sample", "round_program",
-           "serial_reenactment", "reuse_only"]
+           "round_windows", "serial_reenactment", "reuse_only"]
 
 CACHE_POLICIES = ("own", "fresh")
 
@@ -98,7 +99,30 @@ def _reuse(scheduler, cache, x, sstate, s, j, n_max):
     return xh
 
 
-def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lp: LPWindow | None, attention, dims):
+def round_windows(windows, s: int, n: int) -> tuple[LPWindow | None, ...]:
+    """The LP partition each of the ``n`` devices of the round starting at step ``s`` evaluates with: its
+    own step's, ``windows[min(s + j, T - 1)]`` (a short last round's spare devices repeat the last step)."""
+    last = len(windows) - 1
+    return tuple(windows[min(s + j, last)] for j in range(n))
+
+
+def _predict_for_position(model, xh, t, ctx, g, j, lps, plan, attention, dims):
+    """Device ``j``'s guided prediction with its own step's partition ``lps[j]``: one branch per distinct
+    partition, chosen by ``j`` (every device of an ``lp`` group shares ``j``, so its collectives match)."""
+    keys = [None if lp is None else lp.key() for lp in lps]
+    distinct = list(dict.fromkeys(keys))
+
+    def branch(lp):
+        return lambda xh, t: guided_prediction(model, xh, t, ctx, g, plan=plan, lp=lp, attention=attention,
+                                               dims=dims)
+
+    if len(distinct) == 1:
+        return branch(lps[0])(xh, t)
+    which = jnp.asarray([distinct.index(k) for k in keys], jnp.int32)[j]
+    return lax.switch(which, [branch(lps[keys.index(k)]) for k in distinct], xh, t)
+
+
+def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lps, attention, dims):
     axis = plan.loop_axis
     last = scheduler.num_steps - 1
 
@@ -109,8 +133,7 @@ def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lp: LP
         with jax.named_scope("parastep_reuse"):
             xh = _reuse(scheduler, cache[0], x, sstate, s, j, n)
         i = jnp.minimum(s + j, last)
-        o = guided_prediction(model, xh, scheduler.timestep(i), ctx, g, plan=plan, lp=lp, attention=attention,
-                              dims=dims)
+        o = _predict_for_position(model, xh, scheduler.timestep(i), ctx, g, j, lps, plan, attention, dims)
         with jax.named_scope("parastep_exchange"):
             gathered = lax.all_gather(o, axis, axis=0)  # [N, 1, C, T, H, W]
         with jax.named_scope("parastep_replay"):
@@ -122,16 +145,17 @@ def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lp: LP
     return body
 
 
-def _round_fn(den: sampling.Denoiser, scheduler, n_pos: int, lp: LPWindow | None):
-    """The shard_mapped round ``(params, x, sstate, cache [N, ...], s, ctx, g) -> (x, sstate, cache)``."""
+def _round_fn(den: sampling.Denoiser, scheduler, n_pos: int, lps):
+    """The shard_mapped round ``(params, x, sstate, cache [N, ...], s, ctx, g) -> (x, sstate, cache)``;
+    ``lps`` is each position's partition (:func:`round_windows`)."""
     plan = den.plan
-    body = _round_body(den.graphdef, plan, scheduler, n_pos, plan.option("cache"), lp, den.attention, den.dims)
+    body = _round_body(den.graphdef, plan, scheduler, n_pos, plan.option("cache"), lps, den.attention, den.dims)
     return shard_map(body, mesh=den.mesh, in_specs=(den.specs, P(), P(), P(plan.loop_axis), P(), P(), P()),
                      out_specs=(P(), P(), P(plan.loop_axis)))
 
 
 def sample(model, plan: Plan, mesh, noise, context, guidance: float, scheduler, *, attention=None, progress=None,
-           defaults=None):
+           defaults=None, seed=None):
     """Runs ParaStep on ``mesh``. Returns ``(latents, timings)`` like the exact loop, plus call counts."""
     n = plan.size(plan.loop_axis)
     warmup, policy = plan.option("warmup"), plan.option("cache")
@@ -144,7 +168,7 @@ def sample(model, plan: Plan, mesh, noise, context, guidance: float, scheduler, 
         return x, {**timing, "sequential_model_calls": T, "total_model_calls": T}
     windows = den.windows(noise.shape, T)
     x, ctx, g, sstate = runtime.place_inputs(mesh, noise, context, guidance, scheduler)
-    programs = runtime.Programs()
+    programs = runtime.Programs(mesh)
     name = plan.describe()
 
     def warm_fn(lp):
@@ -162,14 +186,14 @@ def sample(model, plan: Plan, mesh, noise, context, guidance: float, scheduler, 
     cache_shape = (n,) + tuple(noise.shape)
     cache_abs = jax.ShapeDtypeStruct(cache_shape, jnp.float32, sharding=cache_sharding)
 
-    def round_fn(n_pos, lp):
-        return programs.get(("round", n_pos, None if lp is None else lp.key()), f"parastep_round{n_pos}_{name}",
-                            lambda: jax.jit(_round_fn(den, scheduler, n_pos, lp)),
+    def round_fn(n_pos, lps):
+        key = ("round", n_pos, tuple(None if lp is None else lp.key() for lp in lps))
+        return programs.get(key, f"parastep_round{n_pos}_{name}", lambda: jax.jit(_round_fn(den, scheduler, n_pos, lps)),
                             (den.state, x, sstate, cache_abs, jnp.int32(0), ctx, g))
 
     plan_rounds = rounds(T, warmup, n)
     warm_fns = [warm_fn(windows[i]) for i in range(warmup)]
-    round_fns = [round_fn(n_pos, windows[s]) for s, n_pos in plan_rounds]
+    round_fns = [round_fn(n_pos, round_windows(windows, s, n)) for s, n_pos in plan_rounds]
     compile_s = programs.seconds
 
     t0 = time.perf_counter()
@@ -199,14 +223,14 @@ def round_program(model, plan: Plan, mesh, latent_shape, text_shape, scheduler, 
         raise ValueError("a ParaStep round program needs a mesh with a 'step' axis")
     den = sampling.placed(model, plan, mesh, attention)
     s = int(plan.option("warmup")) if step is None else step
-    lp = den.windows(latent_shape, scheduler.num_steps)[s]
+    lps = round_windows(den.windows(latent_shape, scheduler.num_steps), s, n)
     x = jax.ShapeDtypeStruct(tuple(latent_shape), jnp.float32)
     args = sampling.abstract_like((x, jax.eval_shape(scheduler.init, x)), mesh)
     cache = jax.ShapeDtypeStruct((n,) + tuple(latent_shape), jnp.float32,
                                  sharding=jax.sharding.NamedSharding(mesh, P(plan.loop_axis)))
     rest = sampling.abstract_like((jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct(tuple(text_shape),
                                    jnp.float32), jax.ShapeDtypeStruct((), jnp.float32)), mesh)
-    compiled = jax.jit(_round_fn(den, scheduler, n, lp)).lower(den.state, *args, cache, *rest).compile()
+    compiled = jax.jit(_round_fn(den, scheduler, n, lps)).lower(den.state, *args, cache, *rest).compile()
     n_rounds = len(rounds(scheduler.num_steps, int(plan.option("warmup")), n))
     return sampling.Program(name=f"round of {n} steps", compiled=compiled, runs=n_rounds)
 
@@ -215,7 +239,7 @@ def serial_reenactment(predict, scheduler, noise, *, warmup: int, n: int, cache:
     """The ParaStep algorithm run literally, one evaluation after another, on one device.
 
     ``predict(x, i, p) -> guided velocity`` evaluates the model for step ``i`` with the partition of
-    step ``p`` (Latent Parallelism: warm-up steps use their own, a round uses its start step's).
+    step ``p`` (always ``p = i``: with Latent Parallelism every evaluation uses its own step's partition).
     This is the oracle the parallel run must equal.
     """
     T = scheduler.num_steps
@@ -233,7 +257,7 @@ def serial_reenactment(predict, scheduler, noise, *, warmup: int, n: int, cache:
             xh, sh = x, st
             for k in range(j):
                 xh, sh = scheduler.step(sh, caches[j], xh, s + k)
-            outs.append(predict(xh, s + j, s))
+            outs.append(predict(xh, s + j, s + j))
         for k in range(n_pos):
             x, st = scheduler.step(st, outs[k], x, s + k)
         caches = outs + caches[n_pos:] if cache == "own" else [outs[n_pos - 1]] * n

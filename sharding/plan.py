@@ -29,7 +29,8 @@ class Plan:
     loop: the loop strategy's name (None for predict transforms alone).
     options: ``((name, value), ...)`` sorted, every option of the named strategies.
     exact: whether every named strategy reproduces the single-device output (to float rounding).
-    sample, program: the strategy's sampler and abstract-program functions (see the module docstring).
+    sample, program, forward_tokens: the strategy's sampler, abstract-program and per-device token count
+      functions (see :class:`~jaxvdm.sharding.registry.StrategySpec`).
     """
 
     names: tuple[str, ...]
@@ -45,6 +46,7 @@ class Plan:
     exact: bool = True
     sample: Callable | None = dataclasses.field(default=None, compare=False, repr=False)
     program: Callable | None = dataclasses.field(default=None, compare=False, repr=False)
+    forward_tokens: Callable | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def option(self, name: str):
         """The value of option ``name`` (KeyError if no named strategy has it)."""

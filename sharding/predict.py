@@ -4,7 +4,8 @@
 plainly on one device). Reading it top to bottom is reading the composition:
 
 1. **lp** — cut this device's latent window (a static partition for this step), remembering its global
-   token offset for the rotary positions;
+   token offset for the rotary positions; an exact full-latent LP step (the ``unite`` schedule's first)
+   instead splits the whole video's tokens over ``lp`` like Ulysses;
 2. **cfg** — pick this device's half of the (cond, uncond) pair, or batch both;
 3. **ulysses / ring / fsdp** — split the window's tokens over the sequence axes; self-attention
    communicates inside, everything else is per token; weights of fsdp are gathered per layer;
@@ -24,7 +25,7 @@ from flax import nnx
 from jax import lax
 
 from jaxvdm.models.wan import rope as rope_lib
-from jaxvdm.models.wan.attention import get_attention, get_attention_with_lse
+from jaxvdm.models.wan.attention import cross_attention_backend, get_attention, get_attention_with_lse
 from jaxvdm.models.wan.transformer.model import Conditioning, WanTransformer, is_block_path, unpatchify
 from jaxvdm.sharding import fsdp as fsdp_lib
 from jaxvdm.sharding import lp as lp_lib
@@ -32,8 +33,8 @@ from jaxvdm.sharding import sequence
 from jaxvdm.sharding.lp import LPWindow
 from jaxvdm.sharding.plan import Plan
 
-__all__ = ["LPWindow", "guided_prediction", "model_forward", "guide", "step_windows", "state_specs", "block_dims",
-           "shard_map"]
+__all__ = ["LPWindow", "guided_prediction", "model_forward", "guide", "step_windows", "forward_tokens", "state_specs",
+           "block_dims", "shard_map"]
 
 
 def shard_map(f, *, mesh, in_specs, out_specs):
@@ -73,19 +74,48 @@ def step_windows(plan: Plan, latent_shape, patch, num_steps: int) -> tuple[LPWin
     return tuple(windows(i) for i in range(num_steps))
 
 
+def forward_tokens(plan: Plan, latent_shape, patch, num_steps: int, defaults=None) -> int:
+    """The most tokens one device's forward holds at once under ``plan`` (per batch element), for a latent
+    ``[1, C, T, H, W]``: the whole video's tokens, or an LP window's, divided over the sequence axes.
+    Host arithmetic only: what a memory estimate made before any compile needs."""
+    import math
+    import warnings
+
+    grid = [d // p for d, p in zip(latent_shape[2:], patch)]
+    total = math.prod(grid)
+    split = math.prod(plan.size(a) for a in (plan.fsdp_axis, plan.sp_axis) if a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the sampler warns about its partitions itself
+        windows = {None if w is None else w.key(): w for w in step_windows(plan, latent_shape, patch, num_steps)}
+    most = 0
+    for w in windows.values():
+        if w is None:
+            tokens = total
+        elif w.axis is None:  # the exact full-latent LP step: tokens split over lp too
+            tokens = -(-total // plan.size(plan.lp_axis))
+        else:
+            tokens = total * w.length // latent_shape[w.axis]
+        most = max(most, -(-tokens // split))
+    return most
+
+
 def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0, 0), attention: str | None = None,
-                  dims=None):
+                  dims=None, lp_tokens: bool = False):
     """The transformer on ``x [b, C, T, H, W]`` with tokens split over the plan's sequence axes.
 
     Per-device code. ``t [b]``, ``ctx [b, L, text_dim]``; ``offset`` is the token offset of ``x`` in
-    the full video. Returns the velocity ``[b, C, T, H, W]`` float32, replicated over the sequence axes.
+    the full video. ``lp_tokens``: also split the tokens over the ``lp`` axis, with Ulysses attention
+    over it (the exact full-latent step of an LP schedule: every device works on the whole video's
+    step, none repeats another's work). Returns the velocity ``[b, C, T, H, W]`` float32, replicated
+    over the sequence axes.
     """
     cfg = model.config
     grid = cfg.token_grid(x.shape[2:])
     tokens = model.embed_tokens(x)
     temb, tproj, context = model.embed_condition(t, ctx)
     positions = rope_lib.grid_positions(grid, offset)
-    seq_axes = tuple(a for a in (plan.fsdp_axis, plan.sp_axis) if a)  # slowest first
+    lp_axis = plan.lp_axis if lp_tokens and plan.size(plan.lp_axis) > 1 else None
+    seq_axes = tuple(a for a in (plan.fsdp_axis, plan.sp_axis, lp_axis) if a)  # slowest first
     s = tokens.shape[1]
     local = get_attention(attention)
     attn = local
@@ -97,12 +127,15 @@ def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0,
         attn = sequence.ulysses(plan.sp_axis, attn)
     elif plan.sp_kind == "ring":
         attn = sequence.ring(plan.sp_axis, get_attention_with_lse(attention))
+    if lp_axis:  # the outermost wrapper: its axis varies fastest in the token order
+        attn = sequence.ulysses(lp_axis, attn)
     if seq_axes:
         tokens = sequence.shard_tokens(tokens, seq_axes)
         positions = sequence.shard_tokens(positions, seq_axes, axis=0)
     cos, sin = model.rope(positions)
     h = model.run_blocks(tokens, Conditioning(tproj, context, cos, sin), self_attention=attn,
-                         cross_attention=local, kv_len=s if seq_axes else None, param_hook=hook)
+                         cross_attention=get_attention(cross_attention_backend(attention)),
+                         kv_len=s if seq_axes else None, param_hook=hook)
     out = model.head_tokens(h, temb)
     if seq_axes:
         out = sequence.gather_tokens(out, seq_axes, s)
@@ -123,6 +156,7 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
                          "jaxvdm.sharding.predict.step_windows (every device would otherwise compute the whole video)")
     patch = model.config.patch_size
     lp_on = lp is not None and lp.axis is not None
+    lp_full = lp is not None and lp.axis is None and plan.size(plan.lp_axis) > 1
     if lp_on:
         with jax.named_scope("lp_window"):
             k = lax.axis_index(plan.lp_axis)
@@ -143,7 +177,8 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
         ctx_b, xb = ctx, xw
     tb = jnp.full((xb.shape[0],), t, jnp.float32)
     with jax.named_scope("model_forward"):
-        v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention, dims=dims)
+        v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention, dims=dims,
+                          lp_tokens=lp_full)
 
     if with_cfg:
         with jax.named_scope("cfg_combine"):

@@ -15,7 +15,7 @@ from typing import Any
 
 from jax.sharding import Mesh
 
-from jaxvdm.sharding import dualparal, parastep, sampling
+from jaxvdm.sharding import dualparal, parastep, predict, sampling
 from jaxvdm.sharding.mesh import format_mesh, mesh_shape
 from jaxvdm.sharding.plan import Plan
 
@@ -43,6 +43,9 @@ class StrategySpec:
     program: ``program(model, plan, mesh, latent_shape, text_shape, scheduler, *, attention, defaults, step)
       -> Program``: one compiled unit (step, round or whole run) on abstract inputs, for bench and comm.
     min_steps: the shortest schedule a plan of this strategy runs (ParaStep: warm-up + one round).
+    option_help: option name -> one line for ``--help`` (what it is and which values it takes).
+    forward_tokens: ``(plan, latent_shape, patch, num_steps, defaults) -> int``, the most tokens one device's
+      forward holds (per batch element): what ``generate`` checks against memory before compiling.
     """
 
     name: str
@@ -55,6 +58,8 @@ class StrategySpec:
     sample: Callable = sampling.sample
     program: Callable = sampling.step_program
     min_steps: Callable[[Plan], int] = _one_step
+    option_help: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    forward_tokens: Callable = predict.forward_tokens
 
 
 BASELINE = "single"
@@ -75,14 +80,31 @@ STRATEGIES: dict[str, StrategySpec] = {
                      "block weights sharded over devices and gathered per layer; tokens split, K/V all-gathered"),
         StrategySpec("lp", "lp", "predict",
                      {"overlap": 0.5, "schedule": "rotate", "ramp": "linear", "r_max": 0.4}, False,
-                     "Latent Parallelism: overlapping latent windows on a rotating axis, blended; only latents move"),
+                     "Latent Parallelism: overlapping latent windows on a rotating axis, blended; only latents move",
+                     option_help={
+                         "overlap": "overlap ratio r in [0, K-1]: windows extend their core by floor(r * core) "
+                                    "patches per side (the paper: 0.5; K-1 makes every window the whole axis)",
+                         "schedule": "partition axis per step: rotate (T, H, W, ...: the paper), T, H, W, or unite "
+                                     "(the NSDI artifact: exact first step, decaying overlap, late H/W only)",
+                         "ramp": "blend weights beside the cores: linear (the paper) or cosine (the artifact)",
+                         "r_max": "unite schedule: the first overlap, decaying to r_max/2 (the artifact: 0.4)"}),
         StrategySpec("parastep", "step", "loop", {"warmup": 5, "cache": "own"}, False,
                      "ParaStep: devices evaluate different steps by reuse-then-predict; only outputs move",
-                     sample=parastep.sample, program=parastep.round_program, min_steps=parastep.min_steps),
+                     sample=parastep.sample, program=parastep.round_program, min_steps=parastep.min_steps,
+                     option_help={
+                         "warmup": "serial steps before the parallel rounds (at least 1; N must be at most "
+                                   "steps - warmup)",
+                         "cache": "what each device reuses next round: own (its own output, the paper's code) or "
+                                  "fresh (the round's newest output)"}),
         StrategySpec("dualparal", "stage", "loop",
                      {"block_frames": None, "context_frames": None}, False,
                      "DualParal: frame blocks at staggered noise levels through a pipeline of layer stages",
-                     sample=dualparal.sample, program=dualparal.pipeline_program),
+                     sample=dualparal.sample, program=dualparal.pipeline_program,
+                     forward_tokens=dualparal.forward_tokens,
+                     option_help={
+                         "block_frames": "latent frames per block, B",
+                         "context_frames": "latent frames of context from each neighbour, C <= B; the video has "
+                                           "C + blocks * B latent frames"}),
     ]
 }
 
@@ -152,8 +174,8 @@ def resolve(strategy: str, mesh: Mesh | None, options: Mapping[str, Any] | None 
         if s.axis not in shape:
             have = f"the mesh has {format_mesh(shape)}" if shape else "no mesh was given"
             raise ValueError(
-                f"strategy {s.name!r} needs a mesh axis named {s.axis!r}, but {have}; "
-                f"e.g. jaxvdm.sharding.make_mesh({s.axis}={s.fixed_size or 2})"
+                f"strategy {s.name!r} needs a mesh axis named {s.axis!r}, but {have}; e.g. --mesh "
+                f"{s.axis}={s.fixed_size or 2} on the command line, make_mesh({s.axis}={s.fixed_size or 2}) in Python"
             )
         if s.fixed_size is not None and shape[s.axis] != s.fixed_size:
             raise ValueError(f"strategy {s.name!r} needs mesh axis {s.axis!r} of size {s.fixed_size}, got {shape[s.axis]}")
@@ -188,6 +210,7 @@ def resolve(strategy: str, mesh: Mesh | None, options: Mapping[str, Any] | None 
         exact=all(s.exact for s in specs),
         sample=runner.sample,
         program=runner.program,
+        forward_tokens=runner.forward_tokens,
     )
 
 

@@ -44,11 +44,13 @@ class Program:
     name: what it is (``"step lp axis T"``, ``"round of 4"``, ``"pipelined run"``).
     compiled: the ``jax.stages.Compiled`` program (its HLO, memory and cost analyses).
     runs: how many times one video's denoising runs it (steps, rounds, or 1).
+    details: anything else the strategy measures about it (e.g. DualParal's per-stage FLOPs).
     """
 
     name: str
     compiled: object
     runs: int
+    details: dict = dataclasses.field(default_factory=dict)
 
 
 def _is_abstract(state) -> bool:
@@ -89,7 +91,7 @@ class Denoiser:
             self.state = abstract_like(state, mesh, self.specs)
         else:
             self.state = place(state, mesh, self.specs) if mesh is not None else state
-        self.programs = runtime.Programs()
+        self.programs = runtime.Programs(mesh)
         self._steps: dict = {}
 
     def place(self, tree):
@@ -189,11 +191,12 @@ def clear_placements() -> None:
 
 
 def sample(model: WanTransformer, plan: Plan, mesh: Mesh | None, noise, context, guidance: float, scheduler, *,
-           attention: str | None = None, progress: bool | None = None, defaults=None):
+           attention: str | None = None, progress: bool | None = None, defaults=None, seed: int | None = None):
     """The strategy contract for predict transforms: denoise ``noise`` with ``plan`` on ``mesh``.
 
-    Returns ``(latents [1, C, T, H, W] float32, timings)``. ``defaults`` (the model's settings) are not
-    needed by predict transforms and are accepted for the common signature.
+    Returns ``(latents [1, C, T, H, W] float32, timings)``. ``defaults`` (the model's settings) and
+    ``seed`` (the user's seed, for strategies that draw random numbers of their own) are not needed by
+    predict transforms and are accepted for the common signature.
     """
     return placed(model, plan, mesh, attention).sample(noise, context, guidance, scheduler, progress=progress)
 

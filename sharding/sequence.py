@@ -15,7 +15,8 @@ Attention wrappers (each takes ``q, k, v [B, S_local, H, Dh]`` and ``kv_len``):
   with zero heads (their outputs are dropped), so Wan 1.3B's 12 heads run on 8 devices.
   Bytes per device per layer: 4 all-to-alls of ``(n-1)/n * B*S_local*H_pad*Dh`` elements.
 * :func:`ring` — K/V chunks passed around the ring with ``ppermute``; partial attentions merged exactly
-  with their log-sum-exp.
+  with their log-sum-exp. Each next chunk's transfer is issued before the current chunk's attention
+  (double-buffered), so the transfer can overlap the attention.
 * :func:`allgather_kv` — keys and values all-gathered over the axis (used by weight sharding, whose
   axis also splits tokens).
 
@@ -123,6 +124,9 @@ def ring(axis: str, with_lse=attention_with_lse) -> AttentionFn:
         lse = jnp.full((b, h, sq), -jnp.inf, jnp.float32)
         kc, vc = k, v
         for step in range(n):
+            # the next chunk's transfer is issued before this chunk's attention (double-buffered: this
+            # chunk and the next are alive together), so the ppermute can run under the attention
+            nxt = lax.ppermute((kc, vc), axis, perm) if step < n - 1 else None
             src = (me - step) % n  # the ring position whose chunk we hold now
             blen = None if kv_len is None else jnp.clip(kv_len - src * chunk, 0, chunk)
             o_s, lse_s = with_lse(q, kc, vc, blen)
@@ -138,8 +142,8 @@ def ring(axis: str, with_lse=attention_with_lse) -> AttentionFn:
             o_s = jnp.where(t(w_new) > 0, o_s, 0.0)  # a masked chunk's output may be anything (NaN included)
             out = out * t(w_old) + o_s * t(w_new)
             lse = jnp.where(tot > 0, m + jnp.log(safe), -jnp.inf)
-            if step < n - 1:
-                kc, vc = lax.ppermute((kc, vc), axis, perm)
+            if nxt is not None:
+                kc, vc = nxt
         return out.astype(q.dtype)
 
     return attend

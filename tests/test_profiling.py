@@ -48,7 +48,9 @@ def test_trace_loads_and_holds_the_phase_scopes(lp_profile):
 
     # the steps' optimised HLO is dumped next to the trace; Latent Parallelism rotates over two partitions
     hlo = sorted(p.name for p in (d / "hlo").glob("*.hlo.txt"))
-    assert hlo == ["step_lp_on_lp_2_lp_axis2_len4.hlo.txt", "step_lp_on_lp_2_lp_axis3_len16.hlo.txt"]
+    # the paper's K = 2 window is core + overlap (LATENT_PARALLELISM.md §3.1, §8.2): core n / 2, overlap 0.5 core
+    lengths = {axis: n // 2 + (n // 2) // 2 for axis, n in ((2, 4), (3, 16))}  # T: 4 latent frames, H: 16 rows
+    assert hlo == [f"step_lp_on_lp_2_lp_axis{a}_len{n}.hlo.txt" for a, n in sorted(lengths.items())]
     for name in hlo:
         phases = set(hlo_scopes((d / "hlo" / name).read_text()).values())
         assert {"lp_window", "model_forward", "lp_combine", "scheduler"} <= phases

@@ -146,7 +146,7 @@ def test_any_strategy_on_any_mesh_resolves_or_names_the_problem(devices, names, 
 @pytest.mark.parametrize("strategy,mesh,options,match", [
     # mesh and strategy names
     ("cfg", {"sp": 2}, {}, r"strategy 'cfg' needs a mesh axis named 'cfg', but the mesh has sp=2; e\.g\. "
-                           r"jaxvdm\.sharding\.make_mesh\(cfg=2\)"),
+                           r"--mesh cfg=2 on the command line, make_mesh\(cfg=2\) in Python"),
     ("cfg", {"cfg": 4}, {}, "needs mesh axis 'cfg' of size 2, got 4"),
     ("ulysses", {"sp": 2, "foo": 2}, {}, "mesh axis 'foo' has size 2 but strategy 'ulysses' does not use it"),
     ("lp+", {"lp": 2}, {}, "has an empty name; join names with one '\\+'"),

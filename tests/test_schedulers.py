@@ -106,7 +106,7 @@ def _unipc_reference(num_steps, shift, x_np, vs_np):
     ref64 = _ref_unipc(num_steps, shift, float64=True)
     ref32 = _ref_unipc(num_steps, shift, float64=False)
     x64, x32 = torch.tensor(x_np), torch.tensor(x_np, dtype=torch.float32)
-    out = {"x64": [], "x32": [], "last_sample": [], "x0_prev": [], "x0_prev2": [], "orders": []}
+    out = {"x64": [], "x32": [], "last_sample": [], "x0_history": [], "orders": []}
     for i in range(num_steps):
         x64 = ref64.step(torch.tensor(vs_np[i]), ref64.timesteps[i], x64).prev_sample
         x32 = ref32.step(torch.tensor(vs_np[i], dtype=torch.float32), ref32.timesteps[i], x32).prev_sample
@@ -115,8 +115,7 @@ def _unipc_reference(num_steps, shift, x_np, vs_np):
         out["orders"].append(ref64.this_order)
         # What diffusers keeps between steps: the corrected sample and the last two data predictions.
         out["last_sample"].append(ref64.last_sample.numpy())
-        out["x0_prev"].append(ref64.model_outputs[-1].numpy())
-        out["x0_prev2"].append(None if i == 0 else ref64.model_outputs[-2].numpy())
+        out["x0_history"].append([None if m is None else m.numpy() for m in ref64.model_outputs[::-1]])
     return out
 
 
@@ -156,9 +155,10 @@ def test_trajectories_match_diffusers(num_steps):
             e64.append(rel_err(x, ref["x64"][i]))
             e32.append(rel_err(x, ref["x32"][i]))
             est.append(rel_err(state.last_sample, ref["last_sample"][i]))
-            est.append(rel_err(state.x0_prev, ref["x0_prev"][i]))
-            if i >= 1:
-                est.append(rel_err(state.x0_prev2, ref["x0_prev2"][i]))
+            assert len(state.x0_history) == 2
+            for ours_m, ref_m in zip(state.x0_history, ref["x0_history"][i]):
+                if ref_m is not None:  # diffusers' list is None until the warm-up has filled it
+                    est.append(rel_err(ours_m, ref_m))
         report[f"unipc shift={shift} eager vs f64"] = (max(e64), TOL)
         report[f"unipc shift={shift} state vs f64"] = (max(est), TOL)
         report[f"unipc shift={shift} eager vs f32 as shipped"] = (max(e32), TOL_UNIPC_F32_AS_SHIPPED)
@@ -293,3 +293,273 @@ def test_errors():
         sched.step(sched.init(x), x, x, 1.0)
     with pytest.raises(ValueError, match="shape"):
         sched.step(sched.init(x), x[..., :2], x, 0)
+
+
+# ----------------------------------------------------------------------------- scheduler_config.json options
+
+import inspect  # noqa: E402
+import json  # noqa: E402
+
+from jaxvdm.models.scheduler_config import EULER_OPTIONS, UNIPC_OPTIONS  # noqa: E402
+from jaxvdm.models.schedulers import SchedulerSpec, scheduler_from_config, scheduler_spec_from_config  # noqa: E402
+
+OPTION_SHIFT = 5.0
+UNIPC_BASE = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=OPTION_SHIFT)
+# Every honoured UniPC option away from Wan's value, alone and combined (bh1 needs a non-zero final σ: see the
+# refusals). solver_type "midpoint" is one diffusers renames to bh2.
+UNIPC_CASES = [
+    dict(num_train_timesteps=500),
+    dict(solver_order=1),
+    dict(solver_order=3),
+    dict(final_sigmas_type="sigma_min"),
+    dict(final_sigmas_type="sigma_min", lower_order_final=False),
+    dict(solver_type="bh1", final_sigmas_type="sigma_min"),
+    dict(solver_type="midpoint"),
+    dict(disable_corrector=[0, 3, 7]),
+    dict(shift_terminal=0.1),
+    dict(solver_order=3, final_sigmas_type="sigma_min", shift_terminal=0.2, disable_corrector=[2],
+         num_train_timesteps=800, solver_type="bh1"),
+]
+EULER_CASES = [
+    dict(num_train_timesteps=500),
+    dict(shift_terminal=0.1),
+    dict(invert_sigmas=True),
+    dict(use_karras_sigmas=True),
+    dict(use_exponential_sigmas=True),
+    dict(use_beta_sigmas=True),
+    dict(shift_terminal=0.05, use_karras_sigmas=True, num_train_timesteps=700),
+]
+OPTION_CASES = [(UniPCMultistepScheduler, kw) for kw in UNIPC_CASES] + [(FlowMatchEulerDiscreteScheduler, kw)
+                                                                        for kw in EULER_CASES]
+OPTION_IDS = [f"{'unipc' if c is UniPCMultistepScheduler else 'euler'}-{'-'.join(f'{k}={v}' for k, v in kw.items())}"
+              for c, kw in OPTION_CASES]
+
+
+def _diffusers(cls, kwargs, num_steps, float64=False):
+    """diffusers' scheduler with ``kwargs`` on the flow base, timesteps set, started at step 0."""
+    base = UNIPC_BASE if cls is UniPCMultistepScheduler else dict(shift=OPTION_SHIFT)
+    s = cls(**{**base, **kwargs})
+    s.set_timesteps(num_steps)
+    s.set_begin_index(0)
+    if float64:
+        s.sigmas = s.sigmas.double()
+    return s
+
+
+def _saved_config(s) -> dict:
+    """The scheduler_config.json diffusers writes for ``s``."""
+    return json.loads(s.to_json_string())
+
+
+def _diffusers_trajectory(s, x_np, vs_np, dtype):
+    x = torch.tensor(x_np, dtype=dtype)
+    out, orders = [], []
+    for i, t in enumerate(s.timesteps):
+        x = s.step(torch.tensor(vs_np[i], dtype=dtype), t, x).prev_sample
+        out.append(x.numpy())
+        orders.append(getattr(s, "this_order", 1))
+    return out, orders
+
+
+@pytest.mark.parametrize("num_steps", [2, 10, 50])
+@pytest.mark.parametrize("cls,kwargs", OPTION_CASES, ids=OPTION_IDS)
+def test_option_schedules_equal_diffusers(cls, kwargs, num_steps):
+    """A config with the option, read by scheduler_from_config, gives diffusers' timesteps and σ's exactly."""
+    ref = _diffusers(cls, kwargs, num_steps)
+    ours = scheduler_from_config(_saved_config(ref), num_steps)
+    assert ours.shift == OPTION_SHIFT
+    ref_t = ref.timesteps.numpy()
+    assert ours.timesteps.dtype == ref_t.dtype
+    np.testing.assert_array_equal(ours.timesteps, ref_t)
+    np.testing.assert_array_equal(ours.sigmas, ref.sigmas.numpy())
+
+
+# One fori_loop per scheduler, all in one program per step count (a traced index over every option's table).
+_option_loops = jax.jit(lambda scheds, x, vs: tuple(_loop(s, x, vs) for s in scheds), static_argnums=0)
+
+
+@pytest.mark.parametrize("num_steps", [10, 50])
+def test_option_trajectories_match_diffusers(num_steps):
+    """For every honoured option: each intermediate sample of a trajectory with fixed model outputs, eager and
+    in a jitted fori_loop, against diffusers with that option; UniPC also its per-step order.
+
+    UniPC: within 1e-6 of diffusers evaluated exactly (float64), and no further from diffusers as shipped
+    (float32) than diffusers' own float32 run is from its float64 one, plus 1e-6 (at order 3 diffusers'
+    float32 solve of the 3x3 system is ~1e-5 off). Euler: within 1e-6 of diffusers (float32 in both)."""
+    x_np, vs_np = _inputs(num_steps, seed=7)
+    x_in, vs = jnp.asarray(x_np, jnp.float32), jnp.asarray(vs_np, jnp.float32)
+    report, scheds, refs = {}, [], []
+    for (cls, kwargs), name in zip(OPTION_CASES, OPTION_IDS):
+        ours = scheduler_from_config(_saved_config(_diffusers(cls, kwargs, num_steps)), num_steps)
+        unipc = cls is UniPCMultistepScheduler
+        r32, orders = _diffusers_trajectory(_diffusers(cls, kwargs, num_steps), x_np, vs_np, torch.float32)
+        r64 = _diffusers_trajectory(_diffusers(cls, kwargs, num_steps, float64=True), x_np, vs_np, torch.float64)[0] \
+            if unipc else r32
+        if unipc:
+            np.testing.assert_array_equal(ours.orders, orders)
+        x, state = x_in, ours.init(x_in)
+        e64, e32 = [], []
+        for i in range(num_steps):
+            x, state = ours.step(state, vs[i], x, i)
+            e64.append(rel_err(x, r64[i]))
+            e32.append(rel_err(x, r32[i]))
+        own_gap = max(rel_err(a, b) for a, b in zip(r32, r64))
+        report[f"{name} vs exact"] = (max(e64), TOL)
+        report[f"{name} vs float32 as shipped"] = (max(e32), own_gap + TOL)
+        assert rel_err(r64[-1], x_np) > 0.1  # the option's trajectory went somewhere
+        scheds.append(ours)
+        refs.append(r64)
+    for sched, ref, looped, name in zip(scheds, refs, _option_loops(tuple(scheds), x_in, vs), OPTION_IDS):
+        looped = np.asarray(looped)
+        report[f"{name} fori_loop"] = (max(rel_err(looped[i], ref[i]) for i in range(num_steps)), TOL)
+    failed = {k: f"{e:.2e} > {t:.1e}" for k, (e, t) in report.items() if not e <= t}
+    assert not failed, failed
+
+
+def test_options_change_the_trajectory():
+    """Each honoured option changes diffusers' schedule or trajectory (so the parity tests above would catch
+    jaxvdm dropping it), and jaxvdm's scheduler for it differs from the default one."""
+    x_np, vs_np = _inputs(10, seed=7)
+    for cls, kwargs in OPTION_CASES:
+        if kwargs == dict(solver_type="midpoint"):
+            continue  # diffusers' alias of bh2: the same as the default by design
+        default = _diffusers(cls, {}, 10)
+        with_option = _diffusers(cls, kwargs, 10)
+        a = _diffusers_trajectory(default, x_np, vs_np, torch.float32)[0][-1]
+        b = _diffusers_trajectory(with_option, x_np, vs_np, torch.float32)[0][-1]
+        assert rel_err(a, b) > 1e-4, kwargs
+        ours = scheduler_from_config(_saved_config(_diffusers(cls, kwargs, 10)), 10)
+        assert ours != scheduler_from_config(_saved_config(_diffusers(cls, {}, 10)), 10), kwargs
+
+
+IGNORED_VALUES = {
+    UniPCMultistepScheduler: dict(beta_start=0.001, beta_end=0.05, beta_schedule="scaled_linear", trained_betas=None,
+                                  dynamic_thresholding_ratio=0.9, sample_max_value=2.0, timestep_spacing="trailing",
+                                  steps_offset=1, rescale_betas_zero_snr=True, time_shift_type="linear",
+                                  sigma_min=0.01, sigma_max=10.0),
+    FlowMatchEulerDiscreteScheduler: dict(base_shift=0.7, max_shift=2.0, base_image_seq_len=128,
+                                          max_image_seq_len=8192, time_shift_type="linear"),
+}
+
+
+@pytest.mark.parametrize("cls", [UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler])
+def test_options_diffusers_ignores_are_accepted(cls):
+    """Options diffusers does not read for a flow schedule: any valid value gives the default schedule, in
+    diffusers and in jaxvdm alike."""
+    kwargs = IGNORED_VALUES[cls]
+    assert all((UNIPC_OPTIONS if cls is UniPCMultistepScheduler else EULER_OPTIONS)[k].kind == "ignored"
+               for k in kwargs)
+    ref = _diffusers(cls, kwargs, 10)
+    np.testing.assert_array_equal(ref.sigmas.numpy(), _diffusers(cls, {}, 10).sigmas.numpy())
+    ours = scheduler_from_config(_saved_config(ref), 10)
+    assert ours == scheduler_from_config(_saved_config(_diffusers(cls, {}, 10)), 10)
+    np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+    np.testing.assert_array_equal(ours.sigmas, ref.sigmas.numpy())
+
+
+@pytest.mark.parametrize("cls,table", [(UniPCMultistepScheduler, UNIPC_OPTIONS),
+                                       (FlowMatchEulerDiscreteScheduler, EULER_OPTIONS)])
+def test_option_tables_cover_every_diffusers_argument(cls, table):
+    """jaxvdm's table lists exactly the installed diffusers' __init__ arguments, with diffusers' defaults (a
+    diffusers upgrade that adds or changes one fails here)."""
+    params = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    assert set(table) == set(params)
+    for k, opt in table.items():
+        assert opt.default == params[k], k
+
+
+def test_missing_keys_take_diffusers_defaults():
+    """A key absent from the config means diffusers' default, as from_config reads it: no flow_shift is shift
+    1.0, no prediction_type is epsilon (refused)."""
+    cfg = {"_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction", "use_flow_sigmas": True}
+    ref = UniPCMultistepScheduler.from_config(cfg)
+    ref.set_timesteps(10)
+    ours = scheduler_from_config(cfg, 10)
+    assert ours.shift == 1.0 == ref.config.flow_shift
+    np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+    np.testing.assert_array_equal(ours.sigmas, ref.sigmas.numpy())
+    euler = scheduler_from_config({"_class_name": "FlowMatchEulerDiscreteScheduler"}, 10)
+    assert isinstance(euler, Euler) and euler.shift == 1.0
+    with pytest.raises(ValueError, match="epsilon-prediction UniPC"):
+        scheduler_from_config({"_class_name": "UniPCMultistepScheduler"}, 10)
+    # a shift passed in overrides the config's
+    assert scheduler_from_config(cfg, 10, shift=3.0) == UniPC(10, 3.0)
+
+
+WAN_UNIPC = _saved_config(UniPCMultistepScheduler(**{**UNIPC_BASE, "flow_shift": 3.0}))
+WAN_EULER = _saved_config(FlowMatchEulerDiscreteScheduler(shift=3.0))
+
+# (config edits, what the message must say): every refused option away from its default, and the combinations
+# whose diffusers trajectory is not finite.
+REFUSALS = [
+    (WAN_UNIPC, dict(prediction_type="epsilon", use_flow_sigmas=False),
+     "jaxvdm runs flow-matching schedulers; this folder's scheduler is an epsilon-prediction UniPC"),
+    (WAN_UNIPC, dict(prediction_type="v_prediction"), "v_prediction-prediction UniPC"),
+    (WAN_UNIPC, dict(use_flow_sigmas=False), "use_flow_sigmas=False"),
+    (WAN_UNIPC, dict(thresholding=True), "thresholding=True: dynamic thresholding"),
+    (WAN_UNIPC, dict(predict_x0=False), "predict_x0=False"),
+    (WAN_UNIPC, dict(solver_p="DPMSolverMultistepScheduler"), "solver_p='DPMSolverMultistepScheduler'"),
+    (WAN_UNIPC, dict(use_karras_sigmas=True), "use_karras_sigmas=True: diffusers' flow UniPC then takes Karras"),
+    (WAN_UNIPC, dict(use_exponential_sigmas=True), "use_exponential_sigmas=True: with use_flow_sigmas"),
+    (WAN_UNIPC, dict(use_beta_sigmas=True), "use_beta_sigmas=True"),
+    (WAN_UNIPC, dict(use_dynamic_shifting=True), "use_dynamic_shifting=True: WanPipeline calls set_timesteps"),
+    (WAN_UNIPC, dict(solver_order=4), "solver_order must be 1, 2 or 3"),
+    (WAN_UNIPC, dict(solver_type="bh3"), "solver_type must be one of 'bh1', 'bh2', got 'bh3'"),
+    (WAN_UNIPC, dict(final_sigmas_type="sigma_max"), "final_sigmas_type must be one of 'zero', 'sigma_min'"),
+    (WAN_UNIPC, dict(solver_type="bh1"), "solver_type='bh1' with final_sigmas_type='zero' is refused"),
+    (WAN_UNIPC, dict(lower_order_final=False), "lower_order_final=False with final_sigmas_type='zero'"),
+    (WAN_UNIPC, dict(lower_order_final=False, final_sigmas_type="sigma_min", solver_order=3),
+     "diffusers' order-3 predictor returns NaN"),
+    (WAN_UNIPC, dict(shift_terminal=1.5), "shift_terminal must be in (0, 1)"),
+    (WAN_UNIPC, dict(beta_schedule="cosine"), "beta_schedule='cosine': diffusers accepts only"),
+    (WAN_UNIPC, dict(timestep_spacing="uniform"), "timestep_spacing='uniform'"),
+    (WAN_UNIPC, dict(flow_shift=None), "flow_shift=None: the shift must be a positive number"),
+    (WAN_UNIPC, dict(clip_sample=True), "clip_sample=True: diffusers 0.42's UniPCMultistepScheduler has no such"),
+    (WAN_UNIPC, dict(_class_name="DDIMScheduler"), "scheduler 'DDIMScheduler' is not supported"),
+    (WAN_EULER, dict(use_dynamic_shifting=True), "use_dynamic_shifting=True: WanPipeline calls set_timesteps"),
+    (WAN_EULER, dict(stochastic_sampling=True), "stochastic_sampling=True: it draws fresh noise"),
+    (WAN_EULER, dict(use_karras_sigmas=True, use_beta_sigmas=True), "diffusers allows only one of them"),
+    (WAN_EULER, dict(time_shift_type="cubic"), "time_shift_type='cubic'"),
+    (WAN_EULER, dict(flow_shift=3.0), "flow_shift=3.0: diffusers 0.42's FlowMatchEulerDiscreteScheduler has no such"),
+]
+
+
+@pytest.mark.parametrize("base,edits,message", REFUSALS, ids=[str(e) for _, e, _ in REFUSALS])
+def test_refused_options_name_option_and_value(base, edits, message):
+    with pytest.raises(ValueError) as err:
+        scheduler_from_config({**base, **edits}, 10)
+    assert message in str(err.value)
+
+
+def test_refusals_are_reported_together_and_class_names_must_agree():
+    with pytest.raises(ValueError) as err:
+        scheduler_from_config({**WAN_UNIPC, "thresholding": True, "use_karras_sigmas": True, "foo": 1}, 10)
+    msg = str(err.value)
+    assert "thresholding=True" in msg and "use_karras_sigmas=True" in msg and "foo=1" in msg
+    with pytest.raises(ValueError, match="model_index.json builds the scheduler as 'FlowMatchEulerDiscreteScheduler'"):
+        scheduler_spec_from_config(WAN_UNIPC, "FlowMatchEulerDiscreteScheduler")
+    with pytest.raises(ValueError, match="no _class_name"):
+        scheduler_from_config({k: v for k, v in WAN_UNIPC.items() if k != "_class_name"}, 10)
+    with pytest.raises(ValueError, match="shift_terminal=0.1 needs at least 2 steps"):
+        scheduler_from_config({**WAN_UNIPC, "shift_terminal": 0.1}, 1)
+
+
+def test_spec_is_static_data_and_builds_the_scheduler():
+    """A SchedulerSpec holds the options (hashable, equal by value, printable) and make_scheduler builds the
+    same scheduler from it as the class would; a Wan config gives the plain default spec."""
+    spec, shift = scheduler_spec_from_config(WAN_UNIPC)
+    assert spec == SchedulerSpec("unipc") and str(spec) == "unipc" and shift == 3.0
+    spec3, _ = scheduler_spec_from_config({**WAN_UNIPC, "solver_order": 3, "disable_corrector": [4, 1]})
+    assert spec3 == SchedulerSpec("UniPC", solver_order=3, disable_corrector=(1, 4))
+    assert hash(spec3) == hash(SchedulerSpec("unipc", (("disable_corrector", [1, 4]), ("solver_order", 3))))
+    assert str(spec3) == "unipc(disable_corrector=(1, 4), solver_order=3)"
+    sched = make_scheduler(spec3, 10, 5.0)
+    assert sched == UniPC(10, 5.0, solver_order=3, disable_corrector=(1, 4)) and hash(sched) == hash(
+        UniPC(10, 5.0, solver_order=3, disable_corrector=[4, 1]))
+    assert sched != UniPC(10, 5.0) and len(sched.init(jnp.zeros(SHAPE)).x0_history) == 3
+    assert make_scheduler(spec3, 10, 5.0, num_train_timesteps=500).num_train_timesteps == 500
+    assert SchedulerSpec("unipc", solver_order=2) == SchedulerSpec("unipc")  # defaults are dropped
+    with pytest.raises(ValueError, match="euler has no option"):
+        SchedulerSpec("euler", solver_order=3)
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        SchedulerSpec("ddim")

@@ -8,6 +8,7 @@ final latents and the decoded uint8 frames are compared. The loader's errors for
 checked on copies of the same folder.
 """
 
+import json
 import shutil
 import types
 
@@ -18,6 +19,8 @@ from helpers import rel_err
 
 import jaxvdm
 from jaxvdm.models.checkpoint import CheckpointError, read_safetensors, write_safetensors
+from jaxvdm.models.pipeline import SizeError
+from jaxvdm.models.schedulers import SchedulerSpec
 from jaxvdm.models.wan.pipeline import load_pipeline
 
 torch = pytest.importorskip("torch")
@@ -206,3 +209,111 @@ def test_truncated_safetensors(ref, tmp_path, component, file):
     msg = str(err.value)
     assert str(path) in msg and "truncated file" in msg  # which file
     assert f"{component!r} component" in msg and f"download or copy {component}/ again" in msg  # what to do
+
+
+# ----------------------------------------------------------------------------- a folder's scheduler options
+
+@pytest.mark.parametrize("scheduler", [
+    diffusers.UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT, solver_order=3,
+        final_sigmas_type="sigma_min", num_train_timesteps=500, disable_corrector=[1]),
+    diffusers.FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT, shift_terminal=0.2, use_karras_sigmas=True),
+], ids=["unipc-options", "euler-options"])
+def test_folder_scheduler_options_travel_with_the_pipeline(ref, tmp_path, scheduler):
+    """A folder whose scheduler_config.json sets options beyond Wan's: the Pipeline holds them (a SchedulerSpec
+    in its defaults) and generate runs them, giving diffusers' WanPipeline's latents with that scheduler."""
+    folder = _copy(ref, tmp_path / "options")
+    scheduler.save_config(folder / "scheduler")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", type(scheduler).__name__]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = load_pipeline(folder)
+    spec = pipe.defaults["scheduler"]
+    assert isinstance(spec, SchedulerSpec) and spec.options and pipe.defaults["flow_shift"] == FLOW_SHIFT
+    video = jaxvdm.generate(PROMPT, model=pipe, num_frames=FRAMES, height=HEIGHT, width=WIDTH, steps=STEPS,
+                            guidance_scale=GUIDANCE, negative_prompt=NEGATIVE, latents=ref.noise.numpy(), decode=False)
+    assert str(video.settings["scheduler"]) == str(spec) != spec.name
+
+    c = ref.pipe.components
+    theirs = diffusers.WanPipeline(tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=c["vae"],
+                                   transformer=c["transformer"], scheduler=scheduler)
+    captured = {}
+
+    def keep_last(p, i, t, kw):
+        if i == STEPS - 1:
+            captured["latents"] = kw["latents"].clone()
+        return {}
+
+    with torch.no_grad():
+        theirs(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=FRAMES, height=HEIGHT, width=WIDTH,
+               num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=ref.noise.clone(), output_type="latent",
+               max_sequence_length=512, callback_on_step_end=keep_last,
+               callback_on_step_end_tensor_inputs=["latents"], return_dict=False)
+    want = captured["latents"].numpy()
+    assert rel_err(video.latents, want) <= 1e-4
+    # the options mattered: the default scheduler ends elsewhere
+    plain = jaxvdm.generate(PROMPT, model=pipe, num_frames=FRAMES, height=HEIGHT, width=WIDTH, steps=STEPS,
+                            guidance_scale=GUIDANCE, negative_prompt=NEGATIVE, latents=ref.noise.numpy(), decode=False,
+                            scheduler=spec.name)
+    assert rel_err(plain.latents, want) > 1e-2
+
+
+# ----------------------------------------------------------------------------- diffusers' folders jaxvdm refuses
+
+def test_wan22_folders_are_refused(ref, tmp_path):
+    """Wan2.2 A14B (two experts) and TI2V (expand_timesteps) folders as diffusers saves them: refused, naming
+    the component or flag; the T2V folder itself loads (the tests above)."""
+    c = ref.pipe.components
+    base = dict(tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=c["vae"], transformer=c["transformer"],
+                scheduler=c["scheduler"])
+    a14b = tmp_path / "Wan2.2-A14B-tiny"
+    diffusers.WanPipeline(**base, transformer_2=c["transformer"], boundary_ratio=0.875).save_pretrained(a14b)
+    with pytest.raises(CheckpointError) as err:
+        load_pipeline(a14b)
+    msg = str(err.value)
+    assert "transformer_2=['diffusers', 'WanTransformer3DModel']" in msg and "boundary_ratio=0.875" in msg
+    assert "two experts are not supported yet" in msg and "jaxvdm runs Wan2.1 text-to-video folders" in msg
+
+    ti2v = tmp_path / "Wan2.2-TI2V-tiny"
+    diffusers.WanPipeline(**base, expand_timesteps=True).save_pretrained(ti2v)
+    with pytest.raises(CheckpointError, match=r"expand_timesteps=True: Wan2.2 TI2V's per-token timesteps"):
+        load_pipeline(ti2v)
+
+
+def test_image_to_video_folder_is_refused(ref, tmp_path):
+    """A WanImageToVideoPipeline folder (CLIP image encoder and processor, an I2V transformer): every part that
+    makes it I2V is named."""
+    c = ref.pipe.components
+    vision = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8))
+    transformer = diffusers.WanTransformer3DModel(**DIT, image_dim=8, added_kv_proj_dim=32)
+    folder = tmp_path / "Wan2.1-I2V-tiny"
+    diffusers.WanImageToVideoPipeline(
+        tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=c["vae"], scheduler=c["scheduler"],
+        image_processor=transformers.CLIPImageProcessor(), image_encoder=vision, transformer=transformer,
+    ).save_pretrained(folder)
+    with pytest.raises(CheckpointError) as err:
+        load_pipeline(folder)
+    msg = str(err.value)
+    for part in ("describes 'WanImageToVideoPipeline'", "image_encoder=['transformers', 'CLIPVisionModel']",
+                 "image_processor=['transformers', 'CLIPImageProcessor", "transformer/config.json sets image_dim=8",
+                 "transformer/config.json sets added_kv_proj_dim=32"):
+        assert part in msg, part
+    assert msg.count("I2V is not supported yet") == 4
+
+
+# ----------------------------------------------------------------------------- rotary table limit
+
+def test_video_larger_than_the_rotary_table_is_refused(ref, ours):
+    """The tiny DiT's table has 64 positions: 64 token rows (1024 px with VAE stride 8 and patch 2) run, 65
+    (1040 px) are refused before anything is traced, naming the axis, the largest position and the limit."""
+    assert ours.transformer.config.rope_max_seq_len == 64
+    assert ours.latent_shape(FRAMES, 1024, WIDTH) == (1, 16, 3, 128, 4)
+    with pytest.raises(SizeError) as err:
+        jaxvdm.generate(PROMPT, model=ours, num_frames=FRAMES, height=1040, width=WIDTH, steps=1, decode=False)
+    msg = str(err.value)
+    assert "height (h) axis reach 64" in msg and "table of 64 positions" in msg
+    assert "largest it covers is 253 frames of 1024x1024" in msg
+    video = jaxvdm.generate(PROMPT, model=ours, num_frames=FRAMES, height=1024, width=WIDTH, steps=1, decode=False,
+                            guidance_scale=1.0)
+    assert np.all(np.isfinite(video.latents))

@@ -326,8 +326,12 @@ def test_error_no_config_and_no_weights(good_dir, tmp_path):
         load_transformer(e)
 
 
-def test_config_rejects_image_to_video():
-    with pytest.raises(ValueError, match="image_dim=1280: only text-to-video"):
-        WanConfig.from_dict({"image_dim": 1280, "num_layers": 2})
+def test_config_validates_image_branch_and_unknown_keys():
+    # the image branch is accepted (tests/test_wan_i2v_transformer.py runs it), but only whole
+    assert WanConfig.from_dict({"image_dim": 1280, "num_layers": 2}).image_dim == 1280
+    with pytest.raises(ValueError, match="belong to the image branch: they need image_dim"):
+        WanConfig.from_dict({"added_kv_proj_dim": 1536, "num_layers": 2})
+    with pytest.raises(ValueError, match="added_kv_proj_dim=1280 must equal the hidden size 1536"):
+        WanConfig.from_dict({"image_dim": 1280, "added_kv_proj_dim": 1280, "num_layers": 2})
     with pytest.raises(ValueError, match="unknown Wan transformer config keys"):
         WanConfig.from_dict({"num_layers": 2, "foo": 1})

@@ -30,12 +30,13 @@ def _step_fn(den, scheduler):
     return jax.jit(step)
 
 
-def sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention=None, progress=None, defaults=None):
+def sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention=None, progress=None, defaults=None,
+           seed=None):
     if mesh is None:  # one device: the ordinary loop
         return sampling.sample(model, plan, None, noise, context, guidance, scheduler, attention=attention)
     den = sampling.placed(model, plan, mesh, attention)
     x, ctx, g, sstate = runtime.place_inputs(mesh, noise, context, guidance, scheduler)
-    programs = runtime.Programs()
+    programs = runtime.Programs(mesh)
     step = programs.get("twin", "twin_step", lambda: _step_fn(den, scheduler),
                         (den.state, x, sstate, jnp.int32(0), ctx, g))
     t0 = time.perf_counter()

@@ -48,8 +48,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated strategies/compositions")
     p.add_argument("--devices", type=int, default=None, help="use at most this many devices (default all)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "f32"], help="weights and activations")
-    p.add_argument("--attention", default=None, choices=["auto", "xla", "xla_chunked", "cudnn"],
-                   help="local attention kernel (default auto)")
+    p.add_argument("--attention", default=None, metavar="NAME",
+                   help="local attention kernel: auto, xla, xla_chunked, cudnn, splash (default auto)")
+    p.add_argument("--precision", default="bf16", metavar="LIST",
+                   help="comma-separated precisions of the per-step rows: bf16, fp8_attention, fp8 (NVIDIA Hopper); "
+                        "rows after the first are named '<strategy> (<precision>)', against the bf16 single step")
     p.add_argument("--steps", type=int, default=None, help="schedule length for per-step rows (default: model's)")
     p.add_argument("--e2e-steps", type=int, default=None,
                    help="schedule length of the loop-strategy rows and their references (default --steps; "
@@ -153,8 +156,14 @@ def run(args) -> int:
             simulate_cpu_devices(args.cpu_devices)
             result["hardware"], result["software"] = report.hardware_info()
         n_devices = int(args.devices or result["hardware"]["device_count"])
+        precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+        from jaxvdm.pipeline import PRECISIONS
+
+        bad = [p for p in precisions if p not in PRECISIONS]
+        if bad or not precisions:
+            raise ValueError(f"--precision {args.precision!r}: choose from {', '.join(PRECISIONS)}")
         units, skipped = plan_units(args.strategies, args.mesh, n_devices, baseline=args.baseline,
-                                    baseline_given=bool(args.baseline_from))
+                                    baseline_given=bool(args.baseline_from), precisions=precisions)
         loop_steps = _loop_steps(args, units, int(args.steps or d.get("steps", 50)))
         if baseline is not None:
             rows.append({**baseline, "reused_from": str(args.baseline_from)})

@@ -61,6 +61,6 @@ def spawn(args, unit: Unit | None, workdir: Path, index: int, cache_dir: str, la
         return json.loads(out.read_text())
     if unit is None:
         raise RuntimeError(f"could not probe the devices: {err}")
-    return {"name": unit.name, "kind": unit.kind, "strategy": unit.strategy, "mesh": format_mesh(unit.mesh),
+    return {"name": unit.name, "kind": unit.kind, "precision": unit.precision, "strategy": unit.strategy, "mesh": format_mesh(unit.mesh),
             "devices": math.prod(unit.mesh.values()) if unit.mesh else 1,
             "reference": unit.reference, "status": "error", "reason": err, "wall_s": time.perf_counter() - t0}

@@ -62,6 +62,15 @@ class Context:
 
         self.options = parse_options(args.opt)
         self.defaults = {**d, "vae_stride": self.spec.vae_stride}
+        self._precise: dict = {}
+
+    def model_for(self, precision: str):
+        """``(model, attention)`` of a row's precision (the FP8 model quantised once per invocation)."""
+        if precision not in self._precise:
+            from jaxvdm.pipeline import with_precision
+
+            self._precise[precision] = with_precision(self.model, precision, self.attention)
+        return self._precise[precision]
 
     def step_flops(self, latent_thw) -> int:
         return dit_flops(self.spec.config, latent_thw, self.spec.text_len, batch=2)
@@ -191,12 +200,14 @@ def _make_mesh(axes: dict | None):
 # ------------------------------------------------------------------------------------------ rows
 
 
-def _compile_program(ctx: Context, plan, mesh, sched, step: int, warm: bool) -> tuple[Any, dict]:
+def _compile_program(ctx: Context, plan, mesh, sched, step: int, warm: bool, precision: str) -> tuple[Any, dict]:
     """The plan's program for ``step``, compiled cold (and again from the persistent cache when ``warm``)."""
     import jax
 
+    model, attention = ctx.model_for(precision)
+
     def build():
-        return plan.program(ctx.model, plan, mesh, ctx.shape, ctx.text_shape, sched, attention=ctx.attention,
+        return plan.program(model, plan, mesh, ctx.shape, ctx.text_shape, sched, attention=attention,
                             defaults=ctx.defaults, step=step)
 
     row: dict = {}
@@ -241,7 +252,8 @@ def measure_step(ctx: Context, unit: Unit) -> tuple[dict, Any]:
     plan = ctx.plan(unit.strategy, mesh)
     sched = ctx.scheduler(ctx.steps)
     sampling.clear_placements()
-    den = sampling.placed(ctx.model, plan, mesh, ctx.attention)  # the program below reuses this placement
+    model, attention = ctx.model_for(unit.precision)
+    den = sampling.placed(model, plan, mesh, attention)  # the program below reuses this placement
     windows = den.windows(ctx.shape, sched.num_steps)
     first: dict = {}
     for i, lp in enumerate(windows):
@@ -249,15 +261,16 @@ def measure_step(ctx: Context, unit: Unit) -> tuple[dict, Any]:
         first.setdefault(axis, i)
     variants, row = [], {}
     for axis, step in first.items():
-        program, compile_row = _compile_program(ctx, plan, mesh, sched, step, warm=not variants and
-                                                ctx.args.warm_compile)
+        program, compile_row = _compile_program(ctx, plan, mesh, sched, step, not variants and ctx.args.warm_compile,
+                                                unit.precision)
         if not variants:
             row.update(compile_row, **_comm(program, runs=1), hlo_cost_flops=_hlo_cost_flops(program.compiled),
                        compiled_memory_bytes=_compiled_memory(program.compiled))
         times = _time_step(ctx, den, program.compiled, sched, step)
         variants.append({"step": step, "lp_axis": axis, "time_s": statistics.median(times), "times_s": times,
                          "compile_cold_s": compile_row["compile_cold_s"]})
-    row.update(time_s=statistics.mean(v["time_s"] for v in variants), times_s=variants[0]["times_s"],
+    row.update(precision=unit.precision, time_s=statistics.mean(v["time_s"] for v in variants),
+               times_s=variants[0]["times_s"],
                flops=ctx.step_flops(ctx.shape[2:]), peak_memory_bytes=_peak_memory(mesh), finite=True)
     if len(variants) > 1 or variants[0]["lp_axis"] is not None:
         row["step_variants"] = variants
@@ -295,7 +308,7 @@ def measure_e2e(ctx: Context, unit: Unit) -> tuple[dict, Any]:
 
     def once():
         return plan.sample(ctx.model, plan, mesh, ctx.e2e_noise, ctx.context, ctx.guidance, sched,
-                           attention=ctx.attention, progress=False, defaults=ctx.defaults)
+                           attention=ctx.attention, progress=False, defaults=ctx.defaults, seed=ctx.args.seed)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. DualParal's bubble-ratio warning: reported in the row instead

@@ -134,16 +134,21 @@ def finish_rows(rows: list[dict], latents_dir: Path | None) -> None:
 
 
 def torch_rows(torch_res: dict, rows: list[dict]) -> list[dict]:
-    """diffusers' variants as rows, with their time ratio to jaxvdm's ``single`` step."""
+    """diffusers' variants as rows, with their time ratio to jaxvdm's ``single`` step (and to each other
+    precision's ``single`` step: ``speedup_by_precision``)."""
     from jaxvdm.sharding.registry import BASELINE
 
-    single = next((r for r in rows if r["name"] == BASELINE and r.get("status") == "ok"), None)
+    singles = {r.get("precision", "bf16"): r for r in rows
+               if r.get("strategy") == BASELINE and r.get("kind") == "step" and r.get("status") == "ok"}
+    single = singles.get("bf16")
     out = []
     for v in torch_res.get("variants", []):
         row = {"name": f"diffusers ({v.get('name')})", **v}
         if v.get("status") == "ok" and single is not None:
             row["ratio_jaxvdm_over_diffusers"] = single["time_s"] / v["time_s"]
             row["speedup_jaxvdm_vs_diffusers"] = v["time_s"] / single["time_s"]
+        if v.get("status") == "ok":
+            row["speedup_by_precision"] = {p: v["time_s"] / r["time_s"] for p, r in singles.items()}
         out.append(row)
     return out
 
@@ -208,9 +213,11 @@ def format_table(result: dict) -> str:
             if v.get("status") != "ok":
                 lines.append(f"| {v['name']} | - | - | - | {v.get('status')}: {v.get('reason', '')} |")
                 continue
+            by = v.get("speedup_by_precision") or {}
+            extra = "; ".join(f"{p}: {x:.2f}x" for p, x in by.items() if p != "bf16")
             lines.append(f"| {v['name']} | {v['time_s'] * 1e3:.1f} | {_fmt(v.get('compile_s'), '.1f')} | "
                          f"{_fmt(v.get('ratio_jaxvdm_over_diffusers'), '.3f')} | "
-                         f"{_fmt(v.get('speedup_jaxvdm_vs_diffusers'), '.2f')} |")
+                         f"{_fmt(v.get('speedup_jaxvdm_vs_diffusers'), '.2f')}{' (' + extra + ')' if extra else ''} |")
         if t.get("status") != "ok":
             lines.append(f"diffusers: {t.get('status')}: {t.get('reason', '')}")
     lines += ["", "time: per-step rows = median of one denoising step (prediction over the mesh + scheduler "

@@ -26,6 +26,7 @@ class Unit:
     strategy: str
     mesh: dict | None
     reference: str | None = None
+    precision: str = "bf16"
 
 
 def reference_name(loop: str) -> str:
@@ -65,9 +66,10 @@ def mesh_for(strategy: str, pool: dict[str, int], n_devices: int) -> tuple[dict[
 
 
 def plan_units(strategies: str, mesh: str | None, n_devices: int, *, baseline: bool = True,
-               baseline_given: bool = False) -> tuple[list[Unit], list[dict]]:
+               baseline_given: bool = False, precisions: tuple[str, ...] = ("bf16",)) -> tuple[list[Unit], list[dict]]:
     """The rows to measure for a comma-separated ``strategies`` list on ``n_devices`` devices, and the rows
-    skipped (with their reasons)."""
+    skipped (with their reasons). Each per-step strategy (``single`` included) gets a row per precision
+    after the first, named ``"<strategy> (<precision>)"`` and measured against the bf16 ``single`` step."""
     pool = parse_mesh_spec(mesh) if mesh else {}
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if not names:
@@ -76,6 +78,7 @@ def plan_units(strategies: str, mesh: str | None, n_devices: int, *, baseline: b
     skipped: list[dict] = []
     if baseline and not baseline_given:
         units.append(Unit(BASELINE, "step", BASELINE, None))
+        units.extend(Unit(f"{BASELINE} ({p})", "step", BASELINE, None, BASELINE, p) for p in precisions if p != "bf16")
     step_ref = BASELINE if (baseline or baseline_given) else None
     references = set()
     for s in names:
@@ -90,6 +93,7 @@ def plan_units(strategies: str, mesh: str | None, n_devices: int, *, baseline: b
             continue
         if loop is None:
             units.append(Unit(s, "step", s, axes, step_ref))
+            units.extend(Unit(f"{s} ({p})", "step", s, axes, step_ref, p) for p in precisions if p != "bf16")
             continue
         ref = reference_name(loop)
         if ref not in references:

@@ -13,15 +13,23 @@ Backends:
   GPU without cuDNN at long sequences.
 * ``"cudnn"`` — fused flash attention through ``jax.nn.dot_product_attention(implementation="cudnn")``
   (GPU, bf16/fp16 inputs).
-* ``"auto"`` — cuDNN on GPU for half-precision inputs, XLA otherwise.
+* ``"splash"`` — the Pallas TPU splash (flash) attention kernel (:mod:`jaxvdm.models.wan.splash`): the real
+  kernel in programs lowered for TPUs, the same kernel in Pallas' interpret mode elsewhere (exact, slow: for
+  tests). Block sizes are options: ``get_attention("splash", block_q=2048)``, or in a backend name
+  ``"splash:block_q=2048,block_kv=1024"`` (the form that travels as ``attention=`` through strategies and
+  CLIs). On several TPU devices it must run inside ``shard_map``, as every jaxvdm strategy calls attention.
+* ``"auto"`` — cuDNN on GPU for half-precision inputs, splash when JAX's default backend is a TPU, XLA
+  otherwise (chunked beyond 2**28 scores).
 
 :func:`attention_with_lse` additionally returns the log-sum-exp of each query row, which Ring attention
 needs to merge partial results; :func:`cudnn_attention_with_lse` is its fused GPU form (cuDNN's float32
-softmax statistics), and :func:`get_attention_with_lse` picks one by backend name.
+softmax statistics), ``splash_attention_with_lse`` its TPU form (the kernel's float32 log-sum-exp), and
+:func:`get_attention_with_lse` picks one by backend name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -29,8 +37,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxvdm.models.wan import splash
+
 __all__ = ["AttentionFn", "xla_attention", "xla_chunked_attention", "cudnn_attention", "attention_with_lse",
-           "cudnn_attention_with_lse", "get_attention", "get_attention_with_lse", "BACKENDS"]
+           "cudnn_attention_with_lse", "splash_attention", "splash_attention_with_lse", "get_attention",
+           "get_attention_with_lse", "parse_backend", "BACKENDS"]
+
+splash_attention = splash.splash_attention
+splash_attention_with_lse = splash.splash_attention_with_lse
 
 AttentionFn = Callable[..., jax.Array]
 _NEG = -1e30
@@ -120,44 +134,133 @@ def _cudnn_suits(q) -> bool:
     return jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
 
 
+def _on_tpu() -> bool:
+    """What ``"auto"`` picks splash for: JAX's default backend is a TPU."""
+    return jax.default_backend() == "tpu"
+
+
 def _auto_attention(q, k, v, kv_len=None):
     if _cudnn_suits(q):
         return cudnn_attention(q, k, v, kv_len)
+    if _on_tpu():
+        return splash_attention(q, k, v, kv_len)
     if q.shape[1] * k.shape[1] * q.shape[2] * q.shape[0] > (1 << 28):
         return xla_chunked_attention(q, k, v, kv_len)
     return xla_attention(q, k, v, kv_len)
+
+
+def _cudnn_fp8_attention(q, k, v, kv_len=None):
+    from jaxvdm.models.wan.fp8 import fp8_attention
+
+    return fp8_attention(q, k, v, kv_len)
 
 
 BACKENDS: dict[str, AttentionFn] = {
     "xla": xla_attention,
     "xla_chunked": xla_chunked_attention,
     "cudnn": cudnn_attention,
+    "cudnn_fp8": _cudnn_fp8_attention,
+    "splash": splash_attention,
     "auto": _auto_attention,
 }
+
+_CROSS = {"cudnn_fp8": "cudnn"}
+
+
+def cross_attention_backend(name: str | None) -> str | None:
+    """The backend cross-attention uses when self-attention uses ``name``: the same, except FP8 self-attention
+    keeps cross-attention in bf16 cuDNN (its 512 text keys are about 2 % of the attention FLOPs)."""
+    base, _ = parse_backend(name)
+    return _CROSS.get(base, name)
+
+_OPTIONS = {"splash": ("block_q", "block_kv", "block_kv_compute")}
 
 
 def _auto_attention_with_lse(q, k, v, kv_len=None):
     if _cudnn_suits(q):
         return cudnn_attention_with_lse(q, k, v, kv_len)
+    if _on_tpu():
+        return splash_attention_with_lse(q, k, v, kv_len)
     return attention_with_lse(q, k, v, kv_len)
 
 
-def get_attention_with_lse(name: str | None = "auto"):
-    """The ``(out, lse)`` attention of backend ``name`` (see :func:`attention_with_lse`): cuDNN's for
-    ``"cudnn"`` (and ``"auto"`` on GPU in half precision), the XLA one otherwise."""
+def parse_backend(name: str | None) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """``"splash:block_q=2048,block_kv=1024"`` -> ``("splash", (("block_q", 2048), ("block_kv", 1024)))``.
+
+    A bare name has no options; ``None`` means ``"auto"``. Raises ValueError naming an unknown backend, an
+    option the backend does not take, or a malformed ``key=value``.
+    """
     name = name or "auto"
-    get_attention(name)  # validates the name
-    if name == "cudnn":
+    if not isinstance(name, str):
+        raise ValueError(f"attention backend must be a name such as 'auto' or 'splash', got {name!r}")
+    base, _, rest = name.partition(":")
+    base = base.strip()
+    if base not in BACKENDS:
+        raise ValueError(f"unknown attention backend {base!r}; choose one of {sorted(BACKENDS)}")
+    options = []
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not value.strip().isdigit():
+            raise ValueError(f"bad attention option {part!r} in {name!r}: write KEY=INT, e.g. 'splash:block_q=2048'")
+        options.append((key, int(value)))
+    _check_options(base, dict(options))
+    return base, tuple(options)
+
+
+def _check_options(base: str, options: dict) -> None:
+    allowed = _OPTIONS.get(base, ())
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"
+        raise ValueError(f"attention backend {base!r} has no option(s) {unknown}; {takes}")
+
+
+def _splash_config(options: dict) -> splash.SplashConfig:
+    return dataclasses.replace(splash.DEFAULT_CONFIG, **options)
+
+
+def _resolve(name: str | None, options: dict) -> tuple[str, tuple]:
+    """``(backend, sorted options)``: the name's options updated by ``options``, validated."""
+    base, parsed = parse_backend(name)
+    merged = dict(parsed) | dict(options)
+    _check_options(base, merged)
+    if base == "splash":
+        _splash_config(merged)  # validates the block sizes
+    return base, tuple(sorted(merged.items()))
+
+
+def get_attention_with_lse(name: str | None = "auto", **options):
+    """The ``(out, lse)`` attention of backend ``name`` (see :func:`attention_with_lse`): cuDNN's for
+    ``"cudnn"`` (and ``"auto"`` on GPU in half precision), splash's for ``"splash"`` (and ``"auto"`` on
+    TPU), the XLA one otherwise. ``options`` / ``"name:key=value"`` as for :func:`get_attention`."""
+    return _with_lse(*_resolve(name, options))
+
+
+@functools.lru_cache(maxsize=None)
+def _with_lse(base: str, opts: tuple):
+    if base in ("cudnn", "cudnn_fp8"):  # the FP8 inference kernel returns no log-sum-exp: Ring stays bf16
         return cudnn_attention_with_lse
-    if name == "auto":
+    if base == "splash":
+        return functools.partial(splash_attention_with_lse, config=_splash_config(dict(opts)))
+    if base == "auto":
         return _auto_attention_with_lse
     return attention_with_lse
 
 
+def get_attention(name: str | None = "auto", **options) -> AttentionFn:
+    """The attention function called ``name`` (``None`` means ``"auto"``).
+
+    ``options`` configure a backend that has some (splash: ``block_q``, ``block_kv``,
+    ``block_kv_compute``); they may also be written into the name, ``"splash:block_q=2048"``. The same
+    name and options return the same function object. Raises ValueError for an unknown backend or option,
+    or invalid block sizes.
+    """
+    return _get(*_resolve(name, options))
+
+
 @functools.lru_cache(maxsize=None)
-def get_attention(name: str | None = "auto") -> AttentionFn:
-    """The attention function called ``name`` (``None`` means ``"auto"``)."""
-    name = name or "auto"
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
-    return BACKENDS[name]
+def _get(base: str, opts: tuple) -> AttentionFn:
+    if base == "splash" and opts:
+        return functools.partial(splash_attention, config=_splash_config(dict(opts)))
+    return BACKENDS[base]

@@ -4,12 +4,15 @@
     video = jaxvdm.generate("a cat surfing", model=pipe)  # tokenizer/, scheduler/
 
 The UMT5 text encoder, the DiT and the VAE can each have their own dtype (the text encoder and VAE run
-well in bfloat16 while the DiT does; tests use float32 throughout). The scheduler config's
-``flow_shift`` and class (UniPC or flow-matching Euler) become the pipeline's defaults.
+well in bfloat16 while the DiT does; tests use float32 throughout). The scheduler config (its class,
+UniPC or flow-matching Euler, its ``flow_shift`` and every option diffusers honours) becomes the
+pipeline's defaults. Folders with components or flags jaxvdm does not run yet (Wan2.2's second expert,
+image-to-video, ...: :data:`UNSUPPORTED`) are refused with what and why, never run in part.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -17,14 +20,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxvdm.models.checkpoint import CheckpointError, read_config
-from jaxvdm.models.pipeline import Pipeline
+from jaxvdm.models.pipeline import Pipeline, SizeError
 from jaxvdm.models.presets import list_presets, load_preset, wan_config
+from jaxvdm.models.schedulers import scheduler_spec_from_config
+from jaxvdm.models.wan.rope import check_grid
 from jaxvdm.models.wan.text_encoder import encode_prompts, load_text_encoder, load_tokenizer
 from jaxvdm.models.wan.transformer import init_transformer, load_transformer
 from jaxvdm.models.wan.vae import denormalize_latents, load_vae
 from jaxvdm.models.wan.vae.sharded import decode_sharded
 
-__all__ = ["load_pipeline", "random_pipeline", "WAN_DEFAULTS"]
+__all__ = ["load_pipeline", "random_pipeline", "WAN_DEFAULTS", "UNSUPPORTED"]
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -41,22 +46,105 @@ def _defaults_for(transformer_config) -> dict:
     return dict(WAN_DEFAULTS)
 
 
-def _scheduler_defaults(path: Path) -> dict:
-    cfg = read_config(path, "scheduler_config.json")
-    name = cfg.get("_class_name", "UniPCMultistepScheduler")
-    out = {}
-    if name == "UniPCMultistepScheduler":
-        out["scheduler"] = "unipc"
-        if "flow_shift" in cfg and cfg["flow_shift"] is not None:
-            out["flow_shift"] = float(cfg["flow_shift"])
-    elif name == "FlowMatchEulerDiscreteScheduler":
-        out["scheduler"] = "euler"
-        if cfg.get("shift") is not None:
-            out["flow_shift"] = float(cfg["shift"])
-    else:
-        raise CheckpointError(f"{path}: scheduler {name!r} is not supported (UniPCMultistepScheduler or "
-                              f"FlowMatchEulerDiscreteScheduler)")
-    return out
+# What jaxvdm runs, for the messages below.
+RUNS = ("jaxvdm runs Wan2.1 text-to-video folders: a WanPipeline with one transformer (e.g. "
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers or Wan2.1-T2V-14B-Diffusers)")
+
+# Every component and flag of a diffusers Wan folder that jaxvdm does not run yet, where it is found, and
+# why: load_pipeline refuses a folder that sets any of them. Remove an entry when its support lands.
+# A model_index.json entry counts as set unless it is null, false or [null, null] (diffusers' "absent").
+UNSUPPORTED: dict[tuple[str, str], str] = {
+    ("model_index.json", "transformer_2"):
+        "Wan2.2 A14B's second expert (the low-noise transformer): two experts are not supported yet",
+    ("model_index.json", "boundary_ratio"):
+        "Wan2.2 A14B's switch between its two experts: two experts are not supported yet",
+    ("model_index.json", "expand_timesteps"):
+        "Wan2.2 TI2V's per-token timesteps (text-image-to-video): not supported yet",
+    ("model_index.json", "image_encoder"):
+        "image-to-video's CLIP image encoder: I2V is not supported yet",
+    ("model_index.json", "image_processor"):
+        "image-to-video's image processor: I2V is not supported yet",
+    ("transformer/config.json", "image_dim"):
+        "an image-to-video transformer (image embedding width): I2V is not supported yet",
+    ("transformer/config.json", "added_kv_proj_dim"):
+        "an image-to-video transformer (image cross-attention keys and values): I2V is not supported yet",
+}
+
+# The pipeline and component classes jaxvdm runs (model_index.json, and the components' own _class_name).
+PIPELINE_CLASSES = ("WanPipeline",)
+COMPONENT_CLASSES = {"transformer": ("WanTransformer3DModel",), "vae": ("AutoencoderKLWan",),
+                     "text_encoder": ("UMT5EncoderModel",)}
+
+
+def _is_set(value) -> bool:
+    return value not in (None, False) and value != [None, None]
+
+
+def _check_supported(root: Path, index: dict) -> None:
+    """Raises CheckpointError for a folder with any component, flag or class jaxvdm does not run (before any
+    weights are read): what it is, where, why, and what jaxvdm does run."""
+    problems = []
+    cls = index.get("_class_name")
+    if cls is not None and cls not in PIPELINE_CLASSES:
+        problems.append(f"model_index.json describes {cls!r}, not a text-to-video {' or '.join(PIPELINE_CLASSES)}")
+    configs = {"model_index.json": index}
+    for comp in ("transformer", "vae"):
+        if (root / comp / "config.json").is_file():
+            configs[f"{comp}/config.json"] = read_config(root / comp)
+    for (where, key), why in UNSUPPORTED.items():
+        value = configs.get(where, {}).get(key)
+        if _is_set(value):
+            problems.append(f"{where} sets {key}={value!r}: {why}")
+    known = set(COMPONENTS) | {k for w, k in UNSUPPORTED if w == "model_index.json"}
+    for key, value in index.items():
+        if not key.startswith("_") and key not in known:
+            problems.append(f"model_index.json lists {key}={value!r}, which is not part of a Wan2.1 T2V pipeline")
+    for comp, classes in COMPONENT_CLASSES.items():
+        entry = index.get(comp)
+        named = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+        own = configs.get(f"{comp}/config.json", {}).get("_class_name")
+        for where, name in ((f"model_index.json's {comp}", named), (f"{comp}/config.json", own)):
+            if name is not None and name not in classes:
+                problems.append(f"{where} is a {name!r}, not a {' or '.join(classes)}")
+    if problems:
+        raise CheckpointError(f"{root}: this folder has what jaxvdm does not run:\n  " + "\n  ".join(problems)
+                              + f"\n  {RUNS}")
+
+
+def _scheduler_defaults(root: Path, index: dict) -> dict:
+    """The folder's scheduler as Pipeline defaults: ``scheduler`` (a name, or a SchedulerSpec when the config
+    sets options beyond jaxvdm's defaults) and ``flow_shift`` (the config's, diffusers' 1.0 when absent)."""
+    folder = root / "scheduler"
+    cfg = read_config(folder, "scheduler_config.json")
+    entry = index.get("scheduler")
+    cls = entry[1] if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str) else None
+    try:
+        spec, shift = scheduler_spec_from_config(cfg, cls)
+    except ValueError as e:
+        raise CheckpointError(
+            f"{folder / 'scheduler_config.json'}: {e}\n  jaxvdm runs the flow-matching UniPCMultistepScheduler and "
+            f"FlowMatchEulerDiscreteScheduler with the options diffusers honours there; fix the file to run this "
+            f"folder") from None
+    return {"scheduler": spec if spec.options else spec.name, "flow_shift": shift}
+
+
+@dataclasses.dataclass
+class _RopeCheckedPipeline(Pipeline):
+    """A Wan :class:`Pipeline` whose video sizes are also held to the transformer's rotary table: a token grid
+    longer than ``rope_max_seq_len`` on any axis raises SizeError (naming the axis, the largest position, the
+    limit and the largest size that fits) before anything is traced, for every strategy (their windows lie
+    inside the full grid)."""
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        shape = super().latent_shape(num_frames, height, width)
+        cfg = self.transformer.config
+        try:
+            check_grid(cfg.token_grid(shape[2:]), cfg.rope_max_seq_len)
+        except ValueError as e:
+            (pt, ph, pw), (st, sh, sw), n = cfg.patch_size, self.vae_stride, cfg.rope_max_seq_len
+            raise SizeError(f"{num_frames} frames of {height}x{width} is too large for {self.name}: {e}. The largest "
+                            f"it covers is {st * (n * pt - 1) + 1} frames of {n * ph * sh}x{n * pw * sw}") from None
+        return shape
 
 
 def _component(root: Path, name: str, load):
@@ -92,27 +180,30 @@ def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dt
       text_encoder_dtype, vae_dtype: their dtypes (default: ``dtype``).
       vae_split: how decoding is split over a mesh's devices ("width" or "height").
 
-    Raises CheckpointError naming a missing component, and (through the component loaders) every
-    tensor that does not match its config.
+    The scheduler's ``scheduler_config.json`` becomes ``defaults["scheduler"]`` (its class as "unipc" /
+    "euler", or a :class:`~jaxvdm.models.schedulers.SchedulerSpec` holding the options it sets beyond
+    jaxvdm's defaults) and ``defaults["flow_shift"]``; every option is honoured as diffusers does or refused.
+
+    Raises CheckpointError naming a missing component, any component, flag or class jaxvdm does not run
+    (:data:`UNSUPPORTED`; checked before any weights are read), a scheduler option it does not run, and
+    (through the component loaders) every tensor that does not match its config.
     """
-    
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a directory (expected a diffusers Wan folder with model_index.json)")
     index = read_config(root, "model_index.json")
+    _check_supported(root, index)
     missing = [c for c in COMPONENTS if not (root / c).is_dir()]
     if missing:
         raise CheckpointError(f"{root}: missing component folder(s) {missing}; a Wan2.1 diffusers folder has "
                               f"{list(COMPONENTS)} beside model_index.json: copy or download the missing folder(s) "
                               f"from the same checkpoint (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
-    cls = index.get("_class_name")
-    if cls not in (None, "WanPipeline"):
-        raise CheckpointError(f"{root}: model_index.json describes {cls!r}; only WanPipeline (text-to-video) is supported")
+    sched_defaults = _scheduler_defaults(root, index)
     transformer = _component(root, "transformer", lambda p: load_transformer(p, dtype=dtype))
     encoder = _component(root, "text_encoder", lambda p: load_text_encoder(p, dtype=text_encoder_dtype or dtype))
     tokenizer = _component(root, "tokenizer", load_tokenizer)
     vae = _component(root, "vae", lambda p: load_vae(p, dtype=vae_dtype or dtype))
-    defaults = {**_defaults_for(transformer.config), **_component(root, "scheduler", _scheduler_defaults)}
+    defaults = {**_defaults_for(transformer.config), **sched_defaults}
     max_len = int(defaults.get("max_text_len", 512))
 
     def encode_text(prompts):
@@ -126,7 +217,7 @@ def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dt
         return decode_sharded(vae, z, flat, "vae", split=vae_split)
 
     stride = (vae.config.temporal_factor, vae.config.spatial_factor, vae.config.spatial_factor)
-    return Pipeline(name=root.name, transformer=transformer, encode_text=encode_text, decode=decode,
+    return _RopeCheckedPipeline(name=root.name, transformer=transformer, encode_text=encode_text, decode=decode,
                     vae_stride=stride, defaults=defaults)
 
 
@@ -136,10 +227,9 @@ def random_pipeline(preset: str, *, dtype=jnp.bfloat16, seed: int = 0, text_len:
     For speed benchmarks, where the shapes are what matter: pass ``prompt_embeds`` (e.g. random
     ``[1, text_len, text_dim]``) and ``decode=False`` to :func:`jaxvdm.generate`.
     """
-    
     cfg = wan_config(preset)
     p = load_preset(preset)["pipeline"]
     model = init_transformer(cfg, seed=seed, dtype=dtype, param_dtype=dtype)
     defaults = {**WAN_DEFAULTS, **{k: v for k, v in p.items() if k in WAN_DEFAULTS}, "max_text_len": text_len}
-    return Pipeline(name=f"{preset} (random weights)", transformer=model, encode_text=None, decode=None,
+    return _RopeCheckedPipeline(name=f"{preset} (random weights)", transformer=model, encode_text=None, decode=None,
                     vae_stride=tuple(p.get("vae_stride", (4, 8, 8))), defaults=defaults)

@@ -1,6 +1,9 @@
-"""The Wan video VAE (diffusers ``AutoencoderKLWan``): config, Flax module, key map, loader, split decoding.
+"""The Wan video VAE (diffusers ``AutoencoderKLWan``, Wan2.1 and Wan2.2): config, Flax module, key map, loader,
+split decoding.
 
-* :mod:`.config` -- :class:`WanVAEConfig`;
+* :mod:`.config` -- :class:`WanVAEConfig` (``WanVAEConfig.wan22()``: the released Wan2.2 VAE);
+* :mod:`.layers` -- the causal convolutions, norms, residual/attention blocks and resamplers;
+* :mod:`.residual` -- Wan2.2's residual down/up blocks, their shortcuts and the pixel patch;
 * :mod:`.model` -- :class:`WanVAE` (chunked causal encode/decode) and the latent (de)normalisation;
 * :mod:`.keys` -- diffusers tensor names, shapes and layouts;
 * :mod:`.load` -- :func:`load_vae`;

@@ -18,8 +18,16 @@ F32 = jnp.float32
 _WEIGHTS = "diffusion_pytorch_model"
 
 
+def _family_hint(config: WanVAEConfig) -> str:
+    if config.is_residual:
+        return ("config.json describes the Wan2.2 VAE layout (is_residual=true); Wan2.1 VAE weights need "
+                "is_residual=false and patch_size=null")
+    return ("config.json describes the Wan2.1 VAE layout (is_residual=false); Wan2.2 VAE weights need "
+            "is_residual=true (and patch_size=2, in/out_channels=12, z_dim=48)")
+
+
 def load_vae(path: str | os.PathLike, dtype=F32, *, param_dtype=None) -> WanVAE:
-    """Loads a diffusers ``AutoencoderKLWan`` folder (the ``vae/`` folder of a Wan2.1 Diffusers download).
+    """Loads a diffusers ``AutoencoderKLWan`` folder (the ``vae/`` folder of a Wan2.1 or Wan2.2 Diffusers download).
 
     Reads ``path/config.json`` and ``path/diffusion_pytorch_model.safetensors`` (or the sharded
     layout with its index) strictly: a missing config, truncated file, or any missing, unexpected
@@ -37,5 +45,8 @@ def load_vae(path: str | os.PathLike, dtype=F32, *, param_dtype=None) -> WanVAE:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path / 'config.json'}: unsupported or invalid VAE config: {e}") from None
     sd = read_safetensors_dir(path, _WEIGHTS)
-    params = params_from_diffusers(config, sd, source=str(path))
+    try:
+        params = params_from_diffusers(config, sd, source=str(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}\n  {_family_hint(config)}") from None
     return model_from_params(abstract_vae(config, dtype=dtype, param_dtype=dtype if param_dtype is None else param_dtype), params)

@@ -10,8 +10,10 @@ whole chunked decode (:meth:`WanVAE.decode_traced`, the same code as one device)
 * the mid-block attention (single head over the h*w latent pixels of a frame, at the lowest
   resolution): queries stay local, keys and values are ``all_gather``-ed.
 
-Nearest-neighbour upsampling, norms, SiLU, 1x1 and temporal convolutions are per pixel, so the slabs
-double in size with the image and never need re-balancing. The causal caches are per-slab too, so
+Nearest-neighbour upsampling, norms, SiLU, 1x1 and temporal convolutions are per pixel, and so are
+the Wan2.2 VAE's duplicating shortcuts and its final 2x2 un-patching (each works on one pixel block),
+so the slabs double in size with the image and never need re-balancing: Wan2.1 and Wan2.2 VAEs both
+split (``tests/test_vae22.py`` checks Wan2.2 against its one-device decode). The causal caches are per-slab too, so
 the ``lax.scan`` over latent frames runs unchanged on every device. The result equals the
 single-device decode (same arithmetic, up to floating-point summation order in the attention).
 
