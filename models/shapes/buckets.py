@@ -21,7 +21,8 @@ tests:
 * Latent Parallelism, K devices along T, H or W at overlap r: core ``c = ceil(n/K)`` patches, overlap
   ``o = floor(r c)`` per side. The paper's longest clipped window is ``c + o`` at K = 2 and ``c + 2o`` at
   K >= 3 when there are interior windows; the run-time partition (``lp_partition.uniform_windows``) gives
-  every window ``min(n, c + 2o)``. Both lengths are listed; windows keep their global RoPE positions.
+  every window that longest length (an edge window shifted inwards). Windows keep their global RoPE
+  positions.
 * DualParal with ``B`` block and ``C`` context frames runs windows of ``B + C`` frames of the whole frame
   size, with window-local positions from 0, whatever the number of stages or the clip's length.
 """
@@ -127,7 +128,7 @@ def _floor_ratio(r: float, c: int) -> int:
 def lp_window_lengths(n_patches: int, k: int, overlap: float) -> dict[str, int]:
     """Window lengths (patches) of Latent Parallelism on an axis of ``n_patches`` over ``k`` devices:
     ``"paper"``, the longest of the paper's clipped windows, and ``"runtime"``, the one length of the run-time
-    partition (see the module docstring)."""
+    partition (see the module docstring; the two agree: the run-time windows are the paper's longest)."""
     if k < 1 or n_patches < 1 or not 0 <= overlap <= k - 1:
         raise ValueError(f"need k >= 1, n_patches >= 1 and 0 <= overlap <= k-1, got k={k}, n={n_patches}, "
                          f"overlap={overlap}")
@@ -135,7 +136,7 @@ def lp_window_lengths(n_patches: int, k: int, overlap: float) -> dict[str, int]:
     o = _floor_ratio(overlap, c)
     windows = [(max(0, j * c - o), min(n_patches, (j + 1) * c + o)) for j in range(k)]
     paper = max(b - a for a, b in windows if a < b)
-    return {"paper": paper, "runtime": min(n_patches, c + 2 * o)}
+    return {"paper": paper, "runtime": paper}
 
 
 def lp_windows(whole=(16, 32, 32), ks=(2, 4, 8), overlaps=(0.25, 0.5)) -> list[StrategyWindow]:

@@ -49,7 +49,10 @@ def encode_captions(model, prompts: list[str]) -> jax.Array:
             raise ValueError(f"prompt {p!r}: the shapes model does not know {unknown}; its words are: {vocab}")
         if "and" in words and not two:
             raise ValueError(f"prompt {p!r}: the shipped shapes model draws one shape per caption; 'and' joins two, "
-                             f"which it was not trained on (describe one shape, e.g. 'a red circle moving left')")
+                             f"which it was not trained on. Describe one shape (e.g. 'a red circle moving left'), or "
+                             f"use a shapes model trained on two-shape captions, which accepts them (python -m "
+                             f"jaxvdm.models.shapes.train --mix varied --two-shapes 0.2, then pass its "
+                             f"weights.safetensors as the model: --model FILE on the command line)")
         if len(words) > max_len:
             raise ValueError(f"prompt {p!r} has {len(words)} words; the shapes model takes at most {max_len}")
         rows.append(data.tokenize(p, max_len))
