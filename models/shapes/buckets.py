@@ -12,7 +12,8 @@ holds for the window (:mod:`jaxvdm.models.shapes.truth`), so no crop loses its s
 Each training batch is one bucket (one window size per batch: one compile per size; the window's start and
 offset are traced values). :data:`MIXES` names the bucket lists: ``"varied"`` (built by :func:`varied_mix`
 from the windows the strategies use at the default size, :func:`strategy_windows`), ``"default"`` (the
-shipped model's one clip size) and ``"smoke"`` (tiny, for CPU tests).
+shipped model's one clip size), ``"smoke"`` (tiny, for CPU tests) and ``"varied-smoke"`` (three buckets of
+the varied mix, for a CPU smoke of its recipe).
 
 The windows of the strategies (at the default ``16 x 32 x 32`` clip, patch ``1 x 4 x 4``: a ``16 x 8 x 8``
 token grid), computed here without :mod:`jaxvdm.sharding` (the layering rule) and checked against it by the
@@ -236,12 +237,20 @@ def _smoke_mix() -> tuple[Bucket, ...]:
             Bucket("local 4 of 8x16x16", (8, 16, 16), (4, 16, 16), rope="local"))
 
 
+def _varied_smoke_mix() -> tuple[Bucket, ...]:
+    """Three buckets of the varied mix in two window sizes, for a CPU smoke of the varied recipe at the
+    shipped model's size: the default clip, an LP window at its global offset and a DualParal window at local
+    positions (both 8 x 32 x 32: one compile)."""
+    keep = ("default", "lp 8x32x32 of 16x32x32", "dualparal 8 of 16")
+    return tuple(Bucket(b.name, b.whole, b.window, b.rope, 1.0) for b in varied_mix() if b.name in keep)
+
+
 def default_mix(frames: int = 16, size: int = 32) -> tuple[Bucket, ...]:
     """One bucket: whole clips of ``frames x size x size`` (the shipped model's training data)."""
     return (Bucket("default", (frames, size, size), (frames, size, size)),)
 
 
-MIXES = {"default": default_mix, "varied": varied_mix, "smoke": _smoke_mix}
+MIXES = {"default": default_mix, "varied": varied_mix, "smoke": _smoke_mix, "varied-smoke": _varied_smoke_mix}
 
 
 def get_mix(name: str, frames: int = 16, size: int = 32) -> tuple[Bucket, ...]:
