@@ -85,3 +85,35 @@ def test_reported_calls_are_the_calls_that_run(tiny, monkeypatch, steps, warmup,
     ref = parastep.serial_reenactment(lambda x, i, p: f(single.state, x, sched.timestep(i), ctx, jnp.float32(4.0)),
                                       sched, noise, warmup=warmup, n=n)
     assert rel_err(x, ref) <= 1e-5
+
+
+def test_short_last_round_composes_with_cfg(tiny, monkeypatch):
+    """parastep+cfg with a short last round (T = 11, W = 2, N = 4: its last round has one position): the
+    spare devices' skipped call sits around the cfg exchange, every later step is evaluated by one cfg pair
+    only, and the result equals the serial re-enactment."""
+    model, noise, ctx = tiny
+    calls: list = []
+    real = predict.guided_prediction
+
+    def counting(model, x, t, ctx, g, **kw):
+        jax.debug.callback(lambda t_: calls.append(float(t_)), t)
+        return real(model, x, t, ctx, g, **kw)
+
+    monkeypatch.setattr(sampling, "guided_prediction", counting)
+    monkeypatch.setattr(parastep, "guided_prediction", counting)
+    sampling.clear_placements()
+    sched = UniPC(11, shift=3.0)
+    mesh = make_mesh(step=4, cfg=2)
+    x, info = parastep.sample(model, resolve("parastep+cfg", mesh, {"warmup": 2}), mesh, noise, ctx, 4.0, sched)
+    x = np.asarray(x)
+    jax.effects_barrier()
+    index = {float(t): i for i, t in enumerate(np.asarray(sched.timesteps, np.float32))}
+    assert collections.Counter(index[t] for t in calls) == {i: 2 * (4 if i < 2 else 1) for i in range(11)}
+    assert info["total_model_calls"] == len(calls) // 2 == 11 + 3 * 2  # one call = one cfg pair
+
+    sampling.clear_placements()
+    single = sampling.placed(model, resolve("single", None), None)
+    f = jax.jit(single.predict_fn(None))
+    ref = parastep.serial_reenactment(lambda x, i, p: f(single.state, x, sched.timestep(i), ctx, jnp.float32(4.0)),
+                                      sched, noise, warmup=2, n=4)
+    assert rel_err(x, ref) <= 1e-5
