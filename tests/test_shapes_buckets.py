@@ -6,7 +6,6 @@ the crop)."""
 import collections
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -241,44 +240,36 @@ def test_two_shape_batches_for_training():
 
 
 def test_a_crops_rope_positions_are_its_place_in_the_whole():
-    """What training feeds the model for a crop (``train.pack_batch``: the window rendered on the device and
-    its RoPE offset) equals the whole clip rendered on the host and sliced: the patch tokens and the rotary
-    tables of the crop are the whole's at the crop's tokens (window-local buckets: the whole's first tokens).
-    A crop that does not start at the origin gets other positions than one that does."""
+    """The RoPE offset training gives the model for a crop (``train.pack_batch``'s view, which the training
+    step passes to the transformer) puts the crop's rotary tables at its place in the whole clip: they equal
+    the whole clip's tables sliced at the crop's tokens (window-local buckets: the whole's first tokens), for
+    every cropped bucket; a crop away from the origin gets other positions than one at it. (That the crop's
+    pixels are the whole's sliced is test_every_bucket_renders_alike_and_a_window_is_the_crop_of_its_whole.)"""
     from jaxvdm.models.shapes import train
+    from jaxvdm.models.wan import rope as rope_lib
     from jaxvdm.models.wan.transformer import WanConfig, init_transformer
 
     model = init_transformer(WanConfig(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
                                        in_channels=3, out_channels=3, text_dim=8, freq_dim=16, ffn_dim=16,
                                        num_layers=1), seed=0)
-    ctx = jnp.zeros((1, 3, 8))
     crops = [b for b in bk.varied_mix() + bk.get_mix("smoke") if b.cropped]
     moved = 0
     for i, bucket in enumerate(crops):
         b = bk.draw_batch(np.random.default_rng(200 + i), bucket, 1)
-        arrays, _, view, window = train.pack_batch(b)
-        (t, y, x), (f, h, w) = b.window.start, window
-        crop = device_render.render(arrays, f, height=h, width=w, whole=view["whole"], start=view["start"])
+        _, _, view, (f, h, w) = train.pack_batch(b)
+        (t, y, x) = b.window.start
         n_t, n_h, n_w = bucket.whole
-        whole, _ = data.render_batch(b.specs, n_t, height=n_h, width=n_w)  # host render of the whole clip
-        tok_c, _, cond_c = model.embed(jnp.transpose(crop, (0, 4, 1, 2, 3)), jnp.zeros((1,)), ctx,
-                                       offset=tuple(int(o) for o in view["offset"]))
-        tok_w, _, cond_w = model.embed(jnp.transpose(jnp.asarray(whole), (0, 4, 1, 2, 3)), jnp.zeros((1,)), ctx)
         gw, gc = (n_t, n_h // 4, n_w // 4), (f, h // 4, w // 4)
         at = (t, y // 4, x // 4) if bucket.rope == "global" else (0, 0, 0)
-
-        def sliced(a, at=at, gw=gw, gc=gc):
-            a = np.asarray(a).reshape(gw + a.shape[-1:])
-            return a[at[0]:at[0] + gc[0], at[1]:at[1] + gc[1], at[2]:at[2] + gc[2]].reshape(-1, a.shape[-1])
-
-        for ours, ref in ((cond_c.cos, cond_w.cos), (cond_c.sin, cond_w.sin)):
-            np.testing.assert_array_equal(np.asarray(ours).reshape(-1, np.shape(ours)[-1]), sliced(ref),
-                                          err_msg=bucket.name)
-        if bucket.rope == "global":  # the patch tokens are the whole's at the same place
-            np.testing.assert_allclose(np.asarray(tok_c)[0], sliced(np.asarray(tok_w)[0]), atol=1e-5,
-                                       err_msg=bucket.name)
-        if at != (0, 0, 0):
-            moved += 1
-            origin = np.asarray(cond_w.cos).reshape(gw + np.shape(cond_w.cos)[-1:])[:gc[0], :gc[1], :gc[2]]
-            assert not np.allclose(np.asarray(cond_c.cos).reshape(origin.shape), origin), bucket.name
+        ours = model.rope(rope_lib.grid_positions(gc, tuple(int(o) for o in view["offset"])))
+        whole = model.rope(rope_lib.grid_positions(gw))
+        for a, ref in zip(ours, whole):
+            ref = np.asarray(ref).reshape(gw + np.shape(ref)[-1:])
+            np.testing.assert_array_equal(
+                np.asarray(a).reshape(gc + np.shape(a)[-1:]),
+                ref[at[0]:at[0] + gc[0], at[1]:at[1] + gc[1], at[2]:at[2] + gc[2]], err_msg=bucket.name)
+            if at != (0, 0, 0):
+                assert not np.allclose(np.asarray(a).reshape(gc + np.shape(a)[-1:]),
+                                       ref[:gc[0], :gc[1], :gc[2]]), bucket.name
+        moved += at != (0, 0, 0)
     assert moved >= len(crops) // 2  # most drawn crops start away from the origin
