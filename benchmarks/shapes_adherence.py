@@ -9,7 +9,12 @@ and scheduler) from the weights file as shipped (float16 on disk), and scores ea
 evaluator (``jaxvdm.models.shapes.evaluate``). Reports the means, the accuracy per motion, shape and colour,
 and every non-adherent caption with what the evaluator saw. ``--generate M`` also runs the first M captions
 through ``jaxvdm.generate`` (the user's path: one video per call, the seed-derived noise) and scores those,
-so the batched sampler's numbers are checked against the public API.
+so the batched sampler's numbers are checked against the public API. ``--views N`` also scores N captions
+per view of ``jaxvdm.models.shapes.buckets.EVAL_VIEWS`` (the default clip, 8x32x32, 32x32x32, 16x48x32, and
+Latent Parallelism and DualParal windows generated at their RoPE offsets; see
+``jaxvdm.models.shapes.eval_views``), the adherence per bucket of a model trained on varied shapes:
+
+    python benchmarks/shapes_adherence.py --weights runs/varied/weights.safetensors --prompts 1024 --views 256
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=20261123, help="seed of the captions and the noise")
     ap.add_argument("--weights", default=None, help="a shapes weights file (default: the shipped one)")
     ap.add_argument("--batch", type=int, default=64, help="clips per sampler call")
+    ap.add_argument("--views", type=int, default=0, help="also score this many captions per evaluation view")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
@@ -90,6 +96,16 @@ def main(argv=None) -> int:
             gen_scores.append(ev.score_clip(video.frames, c))
         result["generate"] = {**_summary(gen_scores), "seconds": round(time.perf_counter() - t0, 2)}
         print(f"jaxvdm.generate, {args.generate} captions: {result['generate']}", flush=True)
+
+    if args.views:
+        from jaxvdm.models.shapes import buckets
+        from jaxvdm.models.shapes.eval_views import evaluate_views
+
+        per_view = evaluate_views(model, buckets.EVAL_VIEWS, args.views, seed=args.seed, batch=args.batch,
+                                  settings=[(settings["steps"], settings["guidance"], settings["shift"])],
+                                  scheduler=settings["scheduler"])
+        result["views"] = {name: {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()}
+                           for name, s in next(iter(per_view.values())).items()}
 
     for f in result["failures"]:
         print(f"  not adherent: {f['caption']!r} -> saw {f['saw']}")

@@ -15,13 +15,16 @@ With ``N`` devices on ``step``, ``W`` warm-up steps and ``T`` steps in all:
      multistep (UniPC) history stay replicated with no broadcast.
    * The cache becomes the device's own output (``cache="own"``, the paper's code) or the round's
      newest output ``G[n-1]`` (``cache="fresh"``).
+   * In a short last round (``n < N``) devices ``j >= n`` have no step to evaluate: they skip the model
+     call (as in the paper's code), and no reuse chain runs past the round's last step.
 
 Guidance is applied *before* the exchange, which halves the bytes: guidance
 ``u + g·(c − u)`` is linear in the pair with a constant scale, so reusing the guided output is the
 same as reusing the raw pair and guiding afterwards.
 
 Sequential model calls on the critical path: ``W + ceil((T−W)/N)``; model calls in all:
-``T + (N−1)·W`` (the warm-up is replicated). Speed-up bound ``T / (W + ceil((T−W)/N))``.
+``T + (N−1)·W`` (the warm-up is replicated; every later step is evaluated once, on one device). Speed-up
+bound ``T / (W + ceil((T−W)/N))``.
 
 Inner predict transforms compose: ``parastep+cfg`` (each device's evaluation split over ``cfg``) and
 ``parastep+lp`` (each evaluation latent-parallel over ``lp``). With ``lp``, every evaluation uses its own
@@ -71,7 +74,8 @@ def rounds(num_steps: int, warmup: int, n: int) -> list[tuple[int, int]]:
 
 
 def model_calls(num_steps: int, warmup: int, n: int) -> tuple[int, int]:
-    """``(sequential calls on the critical path, total calls over all devices)``."""
+    """``(sequential calls on the critical path, total calls over all devices)``: the calls :func:`sample`
+    runs (a short last round's spare devices make none)."""
     return warmup + math.ceil((num_steps - warmup) / n), num_steps + (n - 1) * warmup
 
 
@@ -90,7 +94,8 @@ def _where(c, a, b):
 
 
 def _reuse(scheduler, cache, x, sstate, s, j, n_max):
-    """``j`` updates from ``x`` with the fixed output ``cache`` (masked, for a traced ``j``)."""
+    """``min(j, n_max - 1)`` updates from ``x`` with the fixed output ``cache`` (masked, for a traced ``j``);
+    ``n_max`` is the round's number of positions, so no update runs past the round's last step."""
     xh, st = x, sstate
     for k in range(n_max - 1):
         xn, sn = scheduler.step(st, cache, xh, s + k)
@@ -101,7 +106,8 @@ def _reuse(scheduler, cache, x, sstate, s, j, n_max):
 
 def round_windows(windows, s: int, n: int) -> tuple[LPWindow | None, ...]:
     """The LP partition each of the ``n`` devices of the round starting at step ``s`` evaluates with: its
-    own step's, ``windows[min(s + j, T - 1)]`` (a short last round's spare devices repeat the last step)."""
+    own step's, ``windows[min(s + j, T - 1)]`` (a short last round's spare devices, which skip the model call,
+    get the last step's)."""
     last = len(windows) - 1
     return tuple(windows[min(s + j, last)] for j in range(n))
 
@@ -131,9 +137,16 @@ def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lps, a
         j = lax.axis_index(axis)
         model = nnx.merge(graphdef, params)
         with jax.named_scope("parastep_reuse"):
-            xh = _reuse(scheduler, cache[0], x, sstate, s, j, n)
+            xh = _reuse(scheduler, cache[0], x, sstate, s, j, n_pos)
         i = jnp.minimum(s + j, last)
-        o = _predict_for_position(model, xh, scheduler.timestep(i), ctx, g, j, lps, plan, attention, dims)
+
+        def predict():
+            return _predict_for_position(model, xh, scheduler.timestep(i), ctx, g, j, lps, plan, attention, dims)
+
+        if n_pos < n:  # a short last round: devices past its positions have no step and skip the model call
+            o = lax.cond(j < n_pos, lambda: predict().astype(jnp.float32), lambda: jnp.zeros(x.shape, jnp.float32))
+        else:
+            o = predict()
         with jax.named_scope("parastep_exchange"):
             gathered = lax.all_gather(o, axis, axis=0)  # [N, 1, C, T, H, W]
         with jax.named_scope("parastep_replay"):
@@ -207,7 +220,7 @@ def sample(model, plan: Plan, mesh, noise, context, guidance: float, scheduler, 
             x, sstate, cache = fn(den.state, x, sstate, cache, jnp.int32(s), ctx, g)
             bar.done(n_pos, x)
         x.block_until_ready()
-    seq, total = warmup + len(plan_rounds), warmup * n + (T - warmup)
+    seq, total = warmup + len(plan_rounds), warmup * n + sum(n_pos for _, n_pos in plan_rounds)
     return x, {"compile_s": compile_s, "denoise_s": time.perf_counter() - t0, "sequential_model_calls": seq,
                "total_model_calls": total, "useful_forwards": [(tuple(noise.shape[2:]), T)], "rounds": len(plan_rounds),
                "speedup_bound": speedup_bound(T, warmup, n)}

@@ -119,6 +119,23 @@ def test_user_errors_are_one_line_before_compute(devices, args, message, capsys,
     assert os.listdir(tmp_path) == []
 
 
+def test_two_shape_captions_are_one_line_and_not_among_the_words(tmp_path, capsys, monkeypatch):
+    """A two-shape caption exits 2 with one line naming the reason and the model that takes it, writing
+    nothing; --list-words, like the unknown-word error, does not offer 'and'."""
+    monkeypatch.chdir(tmp_path)
+    two = "a red circle moving left and a blue square moving right"
+    assert main(["generate", two, *SMALL_ARGS, "--out", "x.mp4"]) == 2
+    line = _one_line_error(capsys)
+    assert "the shipped shapes model draws one shape per caption" in line and "--two-shapes" in line
+    assert os.listdir(tmp_path) == []
+    assert main(["generate", "--list-words"]) == 0
+    words = re.findall(r"[a-z-]+", capsys.readouterr().out.split("\n", 2)[2])
+    assert "circle" in words and "and" not in words
+    assert main(["generate", "a purple circle moving left", *SMALL_ARGS, "--out", "x.mp4"]) == 2
+    known = _one_line_error(capsys).split("its words are: ")[1].split(", ")
+    assert "circle" in known and "and" not in known
+
+
 def test_existing_output_is_refused_before_compute(tmp_path, capsys, monkeypatch):
     out = tmp_path / "x.mp4"
     out.write_bytes(b"old")

@@ -111,12 +111,26 @@ def test_strategy_and_mesh_errors_name_the_axis(devices):
 
 
 def test_unknown_prompt_word_lists_the_vocabulary():
-    vocabulary = r"does not know \['dragon', 'purple'\]; its words are: a, and, .*circle"
+    vocabulary = r"does not know \['dragon', 'purple'\]; its words are: a, on, .*circle"
     with pytest.raises(ValueError, match=vocabulary) as info:
         jaxvdm.generate("a purple dragon moving left", **SMALL)
     assert "<pad>" not in str(info.value)
     with pytest.raises(ValueError, match=r"does not know \['blurry'\]"):
         jaxvdm.generate(PROMPT, negative_prompt="blurry", **SMALL)
+    words = str(info.value).split("its words are: ")[1].split(", ")
+    assert "and" not in words and "circle" in words  # the shipped model does not take two-shape captions
+
+
+@pytest.mark.parametrize("prompt", ["a red circle moving left and a blue square moving right",
+                                    "a cyan triangle bouncing vertically and a red circle moving left"])
+def test_two_shape_captions_are_refused_by_the_shipped_model(prompt):
+    """The shipped weights were trained on one shape per caption: a two-shape caption is one ValueError that
+    says so and names the model that would take it (one trained with --two-shapes)."""
+    with pytest.raises(ValueError) as info:
+        jaxvdm.generate(prompt, **SMALL)
+    msg = str(info.value)
+    assert "\n" not in msg and f"prompt {prompt!r}: the shipped shapes model draws one shape per caption" in msg
+    assert "a shapes model trained on two-shape captions, which accepts them" in msg and "--two-shapes" in msg
 
 
 # ------------------------------------------------------------------------------------------ saving

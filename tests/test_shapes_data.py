@@ -24,12 +24,14 @@ def _specs(n, seed, **kw):
 
 # ------------------------------------------------------------------------------------------ renderer
 
-@pytest.mark.parametrize("size", [32, 48, 64])
-def test_ground_truth_follows_every_motion_word(size):
+@pytest.mark.parametrize("height, width", [(32, 32), (48, 48), (64, 64), (48, 32), (24, 40)])
+def test_ground_truth_follows_every_motion_word(height, width):
+    """In square and non-square frames (specs drawn for the frame's aspect ratio)."""
     frames = 16
+    size = np.array([width, height])
     for motion in data.MOTIONS:
-        specs = _specs(12, seed=data.MOTIONS.index(motion), motions=(motion,))
-        _, geo = data.render_batch(specs, frames, size)
+        specs = _specs(12, seed=data.MOTIONS.index(motion), motions=(motion,), aspect=height / width)
+        _, geo = data.render_batch(specs, frames, height=height, width=width)
         for b, spec in enumerate(specs):
             c = geo["centroid"][b, 0]  # [F, 2] pixels
             r = geo["radius"][b, 0]
@@ -48,7 +50,7 @@ def test_ground_truth_follows_every_motion_word(size):
                     else:
                         assert np.all(np.sign(step[:, ax]) == d[ax]), (motion, spec)  # monotone, right way
                         need = 1 / 3 if np.abs(d).sum() == 1 else 0.3
-                        assert abs(disp[ax]) >= need * size - 1e-6, (motion, disp, size)
+                        assert abs(disp[ax]) >= need * size[ax] - 1e-6, (motion, disp, size)
                 assert np.allclose(r, r[0])
             elif motion.startswith("bounce"):
                 ax = 0 if motion == "bounce-horizontal" else 1
@@ -59,8 +61,8 @@ def test_ground_truth_follows_every_motion_word(size):
                 # both legs clearly visible: the track overshoots its end points (by >= 0.13 of the frame)
                 lo_end, hi_end = sorted((c[0, ax], c[-1, ax]))
                 over = max(0, c[:, ax].max() - hi_end) + max(0, lo_end - c[:, ax].min())
-                assert over >= 0.12 * size, (motion, over)
-                assert np.ptp(c[:, ax]) >= 0.3 * size
+                assert over >= 0.12 * size[ax], (motion, over)
+                assert np.ptp(c[:, ax]) >= 0.3 * size[ax]
             elif motion in ("grow", "shrink"):
                 sign = 1 if motion == "grow" else -1
                 assert np.all(sign * np.diff(r) > 0)
@@ -191,24 +193,27 @@ def test_sample_batch_deterministic_consistent_and_fast():
     assert best < 0.25, f"a batch of 64 clips took {best:.3f}s"
 
 
-@pytest.mark.parametrize("frames,size", [(16, 32), (5, 24)])
-def test_device_renderer_draws_what_the_numpy_renderer_draws(frames, size):
+@pytest.mark.parametrize("frames,size,height", [(16, 32, 32), (5, 24, 24), (6, 40, 24)])
+def test_device_renderer_draws_what_the_numpy_renderer_draws(frames, size, height):
     """Training renders on the accelerator from spec arrays: every motion, shape, colour, background, one or
-    two shapes, long travel or not, must give the numpy renderer's pixels to float32 rounding."""
+    two shapes, long travel or not, square or not, must give the numpy renderer's pixels to float32 rounding
+    (1.2e-5 at most on 16x32x32 clips; windows: tests/test_shapes_buckets.py)."""
     import jax
 
     from jaxvdm.models.shapes import device_render
 
     rng = np.random.default_rng(3)
-    specs = [data.sample_spec(rng, two_shapes=i % 3 == 0, long_travel=i % 2 == 0) for i in range(120)]
-    ref, _ = data.render_batch(specs, frames, size)
-    got = np.asarray(jax.jit(device_render.render, static_argnums=(1, 2))(device_render.spec_arrays(specs), frames,
-                                                                            size))
+    specs = [data.sample_spec(rng, two_shapes=i % 3 == 0, long_travel=i % 2 == 0, aspect=height / size)
+             for i in range(120)]
+    ref, _ = data.render_batch(specs, frames, size, height=height)
+    render = jax.jit(device_render.render, static_argnames=("num_frames", "size", "height"))
+    got = np.asarray(render(device_render.spec_arrays(specs), num_frames=frames, size=size, height=height))
     assert got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, atol=1e-4)
+    np.testing.assert_allclose(got, ref, atol=2e-5)
     one = [s for s in specs if len(s.objects) == 1][:7]  # a one-shape batch padded to two shapes: the same
-    padded = np.asarray(device_render.render(device_render.spec_arrays(one, max_objects=2), frames, size))
-    np.testing.assert_allclose(padded, data.render_batch(one, frames, size)[0], atol=1e-4)
+    padded = np.asarray(render(device_render.spec_arrays(one, max_objects=2), num_frames=frames, size=size,
+                               height=height))
+    np.testing.assert_allclose(padded, data.render_batch(one, frames, size, height=height)[0], atol=2e-5)
     with pytest.raises(ValueError, match="max_objects"):
         device_render.spec_arrays([next(s for s in specs if len(s.objects) == 2)], max_objects=1)
 

@@ -79,15 +79,72 @@ def test_load_model_is_strict(tmp_path):
         load_model(tmp_path / "absent.safetensors")
 
 
+# the small-model runs below share one compile: the same model, objective, batch size and window size
+_SMOKE = ["--small", "--mix", "smoke", "--batch-size", "4", "--workers", "1", "--lr", "2e-3", "--eval-prompts", "0"]
+
+
 def test_training_smoke_loss_falls(tmp_path):
+    """Bucketed training (whole clips, windows of longer, larger and non-square clips at their RoPE offsets,
+    window-local positions: jaxvdm.models.shapes.buckets' smoke mix) runs and its loss falls."""
     from jaxvdm.models.shapes import train
 
-    train.main(["--out", str(tmp_path), "--small", "--steps", "25", "--batch-size", "4", "--workers", "1",
-                "--lr", "2e-3", "--warmup", "5", "--eval-prompts", "0", "--log-every", "10"])
+    from jaxvdm.models.shapes import buckets
+
+    train.main(["--out", str(tmp_path), *_SMOKE, "--steps", "30", "--warmup", "5", "--log-every", "10"])
     log = json.loads((tmp_path / "train_log.json").read_text())["log"]
     assert log["loss"][-1] < 0.6 * log["loss"][0], log["loss"]
+    drawn = [buckets.batch_for_step(0, i, buckets.get_mix("smoke"), 1) for i in range(30)]  # the run's batches
+    assert any(b.offset[1] or b.offset[2] for b in drawn) and any(b.offset[0] for b in drawn)  # mid-frame, mid-clip
+    assert any(b.bucket.rope == "local" and b.window.start[0] for b in drawn)  # a late window at local positions
     m = load_model(tmp_path / "weights.safetensors")
     assert m.transformer.config.num_layers == 2
+
+
+def test_training_starts_from_trained_weights(tmp_path):
+    """--init-from: the run starts from the file's weights (the EMA too: saved before any step it is the
+    shipped model, bit for bit in float16); with --two-shapes the word encoder gets the 18 positions of
+    two-shape captions, its first 12 the file's. Other data settings are refused by name."""
+    from flax import nnx
+
+    from jaxvdm.models.shapes import train
+
+    shipped = {k: np.asarray(v) for k, v in read_safetensors(WEIGHTS_PATH).items()}
+    base = ["--init-from", str(WEIGHTS_PATH), "--steps", "0", "--workers", "1", "--eval-prompts", "0"]
+    train.main(["--out", str(tmp_path / "a"), "--mix", "varied", *base])
+    got = read_safetensors(tmp_path / "a" / "weights.safetensors")
+    assert got.keys() == shipped.keys() and all(np.array_equal(got[k], shipped[k]) for k in shipped)
+    train.main(["--out", str(tmp_path / "b"), "--mix", "varied", "--two-shapes", "0.3", *base])
+    two = load_model(tmp_path / "b" / "weights.safetensors")
+    position = np.asarray(nnx.to_pure_dict(nnx.state(two, nnx.Param))["text"]["position"])
+    assert position.shape == (data.MAX_LEN_TWO_SHAPES, 64)
+    np.testing.assert_array_equal(position[:12].astype(np.float16), shipped["text/position"])
+    with pytest.raises(SystemExit, match="leave out --small"):
+        train.main(["--out", str(tmp_path / "c"), "--small", *base])
+    with pytest.raises(SystemExit, match="--frames/--size set the clip of --mix default"):
+        train.main(["--out", str(tmp_path / "c"), "--mix", "varied", "--frames", "8", *base])
+    with pytest.raises(SystemExit, match="--two-shapes trains a bucketed mix"):
+        train.main(["--out", str(tmp_path / "c"), "--two-shapes", "0.5", *base])
+
+
+def test_the_shipped_model_refuses_two_shape_captions(shipped):
+    """The shipped model was trained on one shape per caption: 'and' is refused with the reason, and the
+    unknown-word error does not offer 'and'; a model whose encoder reads two-shape captions takes them."""
+    from jaxvdm.models.shapes.model import init_model
+    from jaxvdm.models.shapes.pipeline import draws_two_shapes, encode_captions
+
+    two = "a red circle moving left and a blue square moving right"
+    with pytest.raises(ValueError, match="the shipped shapes model draws one shape per caption; 'and' joins two, "
+                                         "which it was not trained on"):
+        encode_captions(shipped, [two])
+    with pytest.raises(ValueError, match="does not know") as e:
+        encode_captions(shipped, ["a purple circle moving left"])
+    words = str(e.value).split("its words are: ")[1].split(", ")
+    assert "and" not in words and "circle" in words and "gradient" in words
+    assert encode_captions(shipped, ["a red circle moving left"]).shape == (1, 12, 64)
+    assert not draws_two_shapes(shipped)
+    trained_two = init_model(0, max_len=data.MAX_LEN_TWO_SHAPES)
+    assert draws_two_shapes(trained_two)
+    assert encode_captions(trained_two, [two]).shape == (1, data.MAX_LEN_TWO_SHAPES, 64)
 
 
 def _state_trees(directory, names=("params", "ema", "adam")) -> dict:
@@ -101,13 +158,13 @@ def _state_trees(directory, names=("params", "ema", "adam")) -> dict:
 
 
 def test_training_resumes_exactly_across_legs(tmp_path):
-    """The same 8 steps in one leg or in two (--state, --call-steps) give bit-identical parameters, EMA,
-    optimizer state and loss log; a compact state (no optimizer moments) resumes with a restarted optimizer;
-    a state of another model configuration is refused by name."""
+    """The same 8 bucketed steps (windows at offsets) in one leg or in two (--state, --call-steps) give
+    bit-identical parameters, EMA, optimizer state and loss log; a compact state (no optimizer moments)
+    resumes with a restarted optimizer; a state of another model configuration, or of another data mix, is
+    refused by name."""
     from jaxvdm.models.shapes import train, train_state
 
-    base = ["--small", "--steps", "8", "--batch-size", "2", "--workers", "1", "--lr", "2e-3", "--warmup", "3",
-            "--eval-prompts", "0", "--log-every", "2", "--frames", "4", "--size", "16"]
+    base = [*_SMOKE, "--steps", "8", "--warmup", "3", "--log-every", "2"]
     one, two = tmp_path / "one", tmp_path / "two"
     train.main(["--out", str(one), "--state", str(one / "state"), *base])
     train.main(["--out", str(two), "--state", str(two / "state"), "--call-steps", "5", *base])
@@ -136,5 +193,8 @@ def test_training_resumes_exactly_across_legs(tmp_path):
     assert any(not np.array_equal(a["params"][k], c["params"][k]) for k in a["params"])  # the optimizer restarted
 
     with pytest.raises(CheckpointError, match="start a new --state folder"):
-        train.main(["--out", str(tmp_path / "big"), "--state", str(one / "state"), "--steps", "9",
+        train.main(["--out", str(tmp_path / "big"), "--state", str(one / "state"), "--steps", "9", "--mix", "smoke",
+                    "--batch-size", "1", "--workers", "1", "--eval-prompts", "0"])
+    with pytest.raises(SystemExit, match="was trained with --mix smoke --two-shapes 0.0, not --mix default"):
+        train.main(["--out", str(tmp_path / "other"), "--state", str(one / "state"), "--small", "--steps", "9",
                     "--batch-size", "1", "--workers", "1", "--eval-prompts", "0"])

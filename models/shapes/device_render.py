@@ -3,7 +3,8 @@
 
 A clip spec is a handful of numbers, its pixels are 196 KB (``16 x 32 x 32 x 3`` float32), so training
 batches cross from the data workers to the accelerator as spec arrays (:func:`spec_arrays`, about 60 bytes
-per shape) and :func:`render` draws them inside the jitted training step.
+per shape) and :func:`render` draws them inside the jitted training step: whole clips of any size, or a
+window of a longer and larger whole clip (its start and whole traced, so one compile serves every position).
 
 Spec arrays (``B`` clips, ``K`` shapes per clip, absent shapes have ``present = False``):
 
@@ -64,35 +65,56 @@ def _fold(u, lo, hi):
     return lo + jnp.where(v > span, 2 * span - v, v)
 
 
-def render(arrays: dict, num_frames: int = 16, size: int = 32) -> jax.Array:
-    """Clips ``[B, F, size, size, 3]`` float32 in ``[-1, 1]`` from spec arrays; jit-able (``num_frames`` and
-    ``size`` static). Equal to ``data.render_batch`` of the same specs within float32 rounding (~1e-5)."""
+def render(arrays: dict, num_frames: int = 16, size: int = 32, *, height: int | None = None, width: int | None = None,
+           whole=None, start=None) -> jax.Array:
+    """Clips ``[B, f, h, w, 3]`` float32 in ``[-1, 1]`` from spec arrays; jit-able.
+
+    ``(f, h, w) = (num_frames, height or size, width or size)`` are the rendered clip's dimensions (static).
+    With ``whole = (F, H, W)`` and ``start = (t, y, x)`` (may be traced: one compile serves every window of
+    one size) the clip is the window of frames ``[t, t+f)``, rows ``[y, y+h)`` and columns ``[x, x+w)`` of a
+    whole ``F x H x W`` clip; by default the whole clip is the rendered one. Equal to
+    ``data.render_batch(specs, F, height=H, width=W, window=data.Window(start, (f, h, w)))`` within float32
+    rounding (~1e-5). The specs must have been drawn for the whole's aspect ``H / W`` (the numpy renderer
+    checks it; this one cannot, on traced values).
+    """
+    f, h, w = num_frames, height or size, width or size
     a = {k: jnp.asarray(v) for k, v in arrays.items()}
     f32 = jnp.float32
-    t = jnp.linspace(0.0, 1.0, num_frames, dtype=f32) if num_frames > 1 else jnp.zeros(1, f32)
+    whole = jnp.asarray((f, h, w) if whole is None else whole, f32)
+    start = jnp.asarray((0, 0, 0) if start is None else start, f32)
+    n_t, n_h, n_w = whole[0], whole[1], whole[2]
+    frames = start[0] + jnp.arange(f, dtype=f32)
+    t = jnp.where(n_t > 1, frames / jnp.maximum(n_t - 1, 1), 0.0)
+    short = jnp.minimum(n_h, n_w)
+    scale = jnp.stack([short / n_w, short / n_h])                              # half-extent per axis
     r0, r1 = a["radius"].astype(f32), a["radius_end"].astype(f32)           # [B, K]
-    centre = a["start"][:, :, None, :] + t[None, None, :, None] * a["velocity"][:, :, None, :]  # [B, K, F, 2]
-    folded = _fold(centre, r0[:, :, None, None], 1 - r0[:, :, None, None])
-    centre = jnp.where(a["bounce"][:, :, None, None], folded, centre) * size
-    radius = (r0[:, :, None] + t[None, None, :] * (r1 - r0)[:, :, None]) * size  # [B, K, F]
+    centre = a["start"][:, :, None, :] + t[None, None, :, None] * a["velocity"][:, :, None, :]  # [B, K, f, 2]
+    wall = r0[:, :, None, None] * scale
+    folded = _fold(centre, wall, 1 - wall)
+    centre = jnp.where(a["bounce"][:, :, None, None], folded, centre)
+    cx = centre[..., 0] * n_w - start[2]
+    cy = centre[..., 1] * n_h - start[1]
+    radius = (r0[:, :, None] + t[None, None, :] * (r1 - r0)[:, :, None]) * short  # [B, K, f]
 
-    p = jnp.arange(size, dtype=f32) + 0.5
-    dx = p[None, None, None, None, :] - centre[..., 0][..., None, None]      # [B, K, F, 1, W]
-    dy = p[None, None, None, :, None] - centre[..., 1][..., None, None]      # [B, K, F, H, 1]
+    px = jnp.arange(w, dtype=f32) + 0.5
+    py = jnp.arange(h, dtype=f32) + 0.5
+    dx = px[None, None, None, None, :] - cx[..., None, None]                 # [B, K, f, 1, w]
+    dy = py[None, None, None, :, None] - cy[..., None, None]                 # [B, K, f, h, 1]
     r = radius[..., None, None]
     sdf = jnp.stack([jnp.sqrt(dx * dx + dy * dy) - r,
                      jnp.maximum(jnp.abs(dx), jnp.abs(dy)) - r,
                      jnp.maximum(dy - r, (2 * jnp.abs(dx) - dy - r) * f32(1 / math.sqrt(5)))], axis=0)
-    sdf = jnp.take_along_axis(sdf, a["shape"][None, :, :, None, None, None], axis=0)[0]  # [B, K, F, H, W]
+    sdf = jnp.take_along_axis(sdf, a["shape"][None, :, :, None, None, None], axis=0)[0]  # [B, K, f, h, w]
     alpha = jnp.clip(f32(0.5) - sdf, 0.0, 1.0) * a["present"][:, :, None, None, None]
 
-    q = (jnp.arange(size, dtype=f32) + 0.5) / size - 0.5
+    qx = (start[2] + px) / n_w - 0.5
+    qy = (start[1] + py) / n_h - 0.5
     c, s = jnp.cos(a["bg_angle"]), jnp.sin(a["bg_angle"])
-    u = ((q[None, None, :] * c[:, None, None] + q[None, :, None] * s[:, None, None])
+    u = ((qx[None, None, :] * c[:, None, None] + qy[None, :, None] * s[:, None, None])
          / (jnp.abs(c) + jnp.abs(s))[:, None, None] + 0.5)
     lo, hi = a["bg_lo"][:, None, None], a["bg_hi"][:, None, None]
-    grey = jnp.where(lo == hi, lo, lo + (hi - lo) * u) * 2 - 1                # [B, H, W]
-    img = jnp.broadcast_to(grey[:, None, :, :, None], (grey.shape[0], num_frames, size, size, 3))
+    grey = jnp.where(lo == hi, lo, lo + (hi - lo) * u) * 2 - 1                # [B, h, w]
+    img = jnp.broadcast_to(grey[:, None, :, :, None], (grey.shape[0], f, h, w, 3))
     for k in range(alpha.shape[1]):
         colour = a["colour"][:, k][:, None, None, None, :] * 2 - 1            # [B, 1, 1, 1, 3]
         img = img + alpha[:, k][..., None] * (colour - img)

@@ -27,7 +27,8 @@ from flax import nnx
 from jaxvdm.models.checkpoint import CheckpointError, check_tensors, read_safetensors, write_safetensors
 from jaxvdm.models.wan.transformer import WanConfig, WanTransformer
 
-__all__ = ["WordEncoder", "ShapesModel", "init_model", "save_model", "load_model", "WEIGHTS_PATH", "preset"]
+__all__ = ["WordEncoder", "ShapesModel", "init_model", "init_from", "save_model", "load_model", "WEIGHTS_PATH",
+           "preset"]
 
 WEIGHTS_PATH = Path(__file__).with_name("weights.safetensors")
 _FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
@@ -62,14 +63,41 @@ class ShapesModel(nnx.Module):
         self.text = WordEncoder(vocab_size, max_len, config.text_dim, pad_id=pad_id, rngs=rngs)
 
 
-def init_model(seed: int = 0, *, dtype=jnp.float32, config: WanConfig | None = None) -> ShapesModel:
-    """A randomly initialised shapes model (the preset's architecture unless ``config`` is given)."""
+def init_model(seed: int = 0, *, dtype=jnp.float32, config: WanConfig | None = None,
+               max_len: int | None = None) -> ShapesModel:
+    """A randomly initialised shapes model (the preset's architecture and caption length unless ``config`` /
+    ``max_len`` are given)."""
     from jaxvdm.models.shapes import data
 
     p = preset()
     cfg = config or WanConfig.from_dict(p["transformer"])
-    return ShapesModel(cfg, len(data.VOCAB), int(p["text"]["max_len"]), dtype=dtype, rngs=nnx.Rngs(seed),
+    return ShapesModel(cfg, len(data.VOCAB), int(max_len or p["text"]["max_len"]), dtype=dtype, rngs=nnx.Rngs(seed),
                        pad_id=data.PAD_ID)
+
+
+def init_from(path: str | os.PathLike, seed: int = 0, *, dtype=jnp.float32, max_len: int | None = None) -> ShapesModel:
+    """A shapes model holding the weights at ``path`` (e.g. the shipped ones), to train further.
+
+    The architecture is the file's. With ``max_len`` longer than the file's caption length (two-shape
+    captions need :data:`data.MAX_LEN_TWO_SHAPES`) the word encoder's extra positions are freshly
+    initialised from ``seed`` and every other weight is the file's. Raises CheckpointError for a file that
+    is not a shapes model and ValueError for a ``max_len`` shorter than the file's.
+    """
+    loaded = load_model(path, dtype=dtype)
+    have = int(loaded.text.position.shape[0])
+    if max_len is None or max_len == have:
+        return loaded
+    if max_len < have:
+        raise ValueError(f"max_len {max_len} is shorter than the {have} caption positions of {path}")
+    fresh = init_model(seed, dtype=dtype, config=loaded.transformer.config, max_len=max_len)
+    params = nnx.to_pure_dict(nnx.state(loaded, nnx.Param))
+    position = np.asarray(fresh.text.position[...]).copy()
+    position[:have] = np.asarray(params["text"]["position"])
+    params["text"]["position"] = jnp.asarray(position)
+    state = nnx.state(fresh, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(fresh, state)
+    return fresh
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ __all__ = ["sample_clips"]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "scheduler", "shape"))
-def _sample(graphdef, state, ids, noise_key, guidance, *, scheduler, shape):
+def _sample(graphdef, state, ids, noise_key, guidance, offset, *, scheduler, shape):
     from jaxvdm.models.shapes import data
 
     model = nnx.merge(graphdef, state)
@@ -28,7 +28,7 @@ def _sample(graphdef, state, ids, noise_key, guidance, *, scheduler, shape):
     def body(i, carry):
         x, st = carry
         t = jnp.full((2 * b,), scheduler.timestep(i))
-        v = model.transformer(jnp.concatenate([x, x], axis=0), t, ctx)
+        v = model.transformer(jnp.concatenate([x, x], axis=0), t, ctx, offset=offset)
         v = v[b:] + guidance * (v[:b] - v[b:])
         return scheduler.step(st, v, x, i)
 
@@ -37,15 +37,21 @@ def _sample(graphdef, state, ids, noise_key, guidance, *, scheduler, shape):
 
 
 def sample_clips(model, ids, key, *, steps: int = 20, guidance: float = 4.0, shift: float = 2.0,
-                 scheduler: str = "unipc", num_frames: int = 16, size: int = 32, batch: int = 64):
-    """Generates one clip per row of token ids ``[B, L]``: returns ``[B, F, H, W, 3]`` float32 in [-1, 1]."""
+                 scheduler: str = "unipc", num_frames: int = 16, size: int = 32, height: int | None = None,
+                 width: int | None = None, offset=(0, 0, 0), batch: int = 64):
+    """Generates one clip per row of token ids ``[B, L]``: returns ``[B, F, H, W, 3]`` float32 in [-1, 1]
+    (``H = height or size``, ``W = width or size``).
+
+    ``offset``: the clips' (t, h, w) token offset (RoPE positions), e.g. a Latent Parallelism window's start
+    in the whole video; every offset of one size shares one compile."""
     graphdef, state = nnx.split(model)
     sched = make_scheduler(scheduler, steps, shift)
-    shape = (model.transformer.config.in_channels, num_frames, size, size)
+    shape = (model.transformer.config.in_channels, num_frames, height or size, width or size)
+    off = jnp.asarray(offset, jnp.int32)
     outs = []
     for start in range(0, ids.shape[0], batch):
         key, sub = jax.random.split(key)
         chunk = jnp.asarray(ids[start:start + batch])
-        x = _sample(graphdef, state, chunk, sub, jnp.float32(guidance), scheduler=sched, shape=shape)
+        x = _sample(graphdef, state, chunk, sub, jnp.float32(guidance), off, scheduler=sched, shape=shape)
         outs.append(jnp.clip(x, -1, 1).transpose(0, 2, 3, 4, 1))
     return jnp.concatenate(outs, axis=0)

@@ -1,6 +1,7 @@
 """Trains the shipped shapes model.
 
     python -m jaxvdm.models.shapes.train --out runs/shapes --steps 6000 --batch-size 128
+    python -m jaxvdm.models.shapes.train --out runs/varied --mix varied --init-from models/shapes/weights.safetensors
 
 Rectified-flow objective matching the Wan samplers: ``x_σ = (1-σ)·x0 + σ·ε`` with σ uniform and shifted like
 the samplers' schedules (``--sigma-shift``), the transformer (timestep ``1000·σ``) predicts the velocity ``ε - x0``. AdamW with warm-up
@@ -8,9 +9,20 @@ and cosine decay, gradient clipping, caption dropout (the empty caption, i.e. al
 unconditional prompt for guidance), EMA weights. Data are generated on the fly by
 :mod:`jaxvdm.models.shapes.data` in worker processes. Everything is reproducible from ``--seed``.
 
+Data mix (``--mix``, :mod:`jaxvdm.models.shapes.buckets`): ``default`` trains whole clips of ``--frames`` x
+``--size`` x ``--size`` (the shipped model's data); ``varied`` trains the bucketed varied-shape mix (clips of
+4 to 32 frames and 16 to 48 pixels a side, non-square ones, and windows of longer and larger clips as Latent
+Parallelism and DualParal show them to the model); ``smoke`` is a tiny mix for CPU tests. Every batch is one
+bucket, drawn from ``(seed, step)``; its clips are rendered on the accelerator at the bucket's size and the
+model is called with the batch's RoPE offset. ``--two-shapes P`` makes a share P of the clips two-shape ones
+(the word encoder then reads :data:`data.MAX_LEN_TWO_SHAPES` words). ``--init-from FILE`` starts from trained
+weights (e.g. the shipped ones) with a fresh optimizer and EMA; the learning rate warms up over ``--warmup``.
+
 Writes into ``--out``: orbax checkpoints (``ckpt/``), ``loss.png``, ``train_log.json``, the EMA weights as
 ``weights.safetensors`` (float16; copy it to ``models/shapes/weights.safetensors`` to ship it) and
-``eval.json`` (prompt adherence of generated clips under the evaluator, for a few guidance settings).
+``eval.json`` (prompt adherence of generated clips under the evaluator, for a few guidance settings; with a
+bucketed mix, per view of :data:`buckets.EVAL_VIEWS`: the default clip, 8x32x32, 32x32x32, 16x48x32, and
+LP and DualParal windows). ``--eval-every N`` also evaluates the EMA every N steps (into the log).
 
 Runs longer than one sitting (one device call lasts at most 10 minutes) go in legs: ``--state DIR`` resumes
 from the state in ``DIR`` when there is one and writes the state there when the leg ends; ``--call-steps``
@@ -40,31 +52,42 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxvdm.models.shapes import data, device_render
-from jaxvdm.models.shapes.model import init_model, save_model
+from jaxvdm.models.shapes import buckets, data, device_render
+from jaxvdm.models.shapes.model import init_from, init_model, save_model
 from jaxvdm.models.wan.transformer import WanConfig
 
-__all__ = ["main", "train"]
+__all__ = ["main", "train", "pack_batch"]
+
+
+def pack_batch(b: buckets.BucketBatch, two_shapes: float = 0.0):
+    """A drawn batch as the training step takes it: ``(spec arrays, token ids [B, L] int32, view, window)``.
+    The view holds the window's whole clip and start (float32 [3], for rendering) and the RoPE ``offset``
+    (int32 [3], tokens); ``window`` is its ``(f, h, w)`` (static: one compile per size)."""
+    max_len = data.MAX_LEN_TWO_SHAPES if two_shapes else data.MAX_LEN
+    ids = data.tokenize_batch(b.captions, max_len)
+    view = {"whole": np.asarray(b.bucket.whole, np.float32), "start": np.asarray(b.window.start, np.float32),
+            "offset": np.asarray(b.offset, np.int32)}
+    arrays = device_render.spec_arrays(b.specs, max_objects=2 if two_shapes else 1)
+    return arrays, np.asarray(ids, np.int32), view, tuple(b.window.size)
 
 
 def _batch_worker(args):
-    """One batch as spec arrays and token ids: the specs of ``data.sample_batch(seed, ...)``, rendered later on
-    the accelerator (:mod:`jaxvdm.models.shapes.device_render`)."""
-    seed, batch, frames, size, long_travel = args
-    rng = data.to_rng(seed)
-    specs = [data.sample_spec(rng, long_travel=long_travel) for _ in range(batch)]
-    ids = data.tokenize_batch([data.caption(s) for s in specs], data.MAX_LEN)
-    return device_render.spec_arrays(specs, max_objects=1), np.asarray(ids, np.int32)
+    """Batch ``step`` of a run, packed (:func:`pack_batch`): the specs of ``buckets.batch_for_step(seed, step,
+    ...)``, rendered later on the accelerator (:mod:`jaxvdm.models.shapes.device_render`)."""
+    seed, step, batch, mix_name, frames, size, long_travel, two_shapes = args
+    mix = buckets.get_mix(mix_name, frames, size)
+    b = buckets.batch_for_step(seed, step, mix, batch, long_travel=long_travel, two_shapes=two_shapes)
+    return pack_batch(b, two_shapes)
 
 
 class Batches:
-    """Prefetches training batches (spec arrays and token ids) from worker processes; batch ``i`` comes from
-    seed ``(seed, i)``."""
+    """Prefetches training batches (spec arrays, token ids, view, window size) from worker processes; batch
+    ``i`` comes from seed ``(seed, i)``."""
 
     def __init__(self, seed: int, batch: int, frames: int, size: int, workers: int, prefetch: int = 16,
-                 long_travel: bool = False, start: int = 0):
+                 long_travel: bool = False, start: int = 0, mix: str = "default", two_shapes: float = 0.0):
         self.seed, self.batch, self.frames, self.size, self.start = seed, batch, frames, size, start
-        self.long_travel = long_travel
+        self.long_travel, self.mix, self.two_shapes = long_travel, mix, two_shapes
         self.q: queue.Queue = queue.Queue(maxsize=prefetch)
         self.workers = workers
         self._stop = False
@@ -72,7 +95,7 @@ class Batches:
         self._thread.start()
 
     def _args(self, i: int):
-        return (self.seed * 1_000_003 + i, self.batch, self.frames, self.size, self.long_travel)
+        return (self.seed, i, self.batch, self.mix, self.frames, self.size, self.long_travel, self.two_shapes)
 
     def _fill(self):
         # At most ``workers + prefetch`` batches exist at once: a task is submitted only when a finished
@@ -132,15 +155,20 @@ def _global_norm(tree) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=8)
-def _train_step(graphdef, lr: float, sigma_shift: float, caption_dropout: float, ema_decay: float, frames: int,
-                size: int):
+def _train_step(graphdef, lr: float, sigma_shift: float, caption_dropout: float, ema_decay: float):
     """The jitted training step for one model structure and objective; cached, so that the legs of a run
-    in one process (and repeated calls of :func:`train`) compile it once."""
+    in one process (and repeated calls of :func:`train`) compile it once per window size.
+
+    ``train_step(params, opt_state, ema, specs, ids, view, key, step, lr, window=(f, h, w))`` renders the
+    batch's clips (``window`` static; the view's ``whole`` and ``start`` traced) and calls the model with the
+    view's RoPE ``offset`` (traced), so every window position of one size shares one compile."""
     tx = _optimizer(lr)
 
-    def loss_fn(params, specs, ids, key):
+    def loss_fn(params, specs, ids, view, key, window):
         m = nnx.merge(graphdef, params)
-        x0 = jnp.transpose(device_render.render(specs, frames, size), (0, 4, 1, 2, 3))
+        f, h, w = window
+        clips = device_render.render(specs, f, height=h, width=w, whole=view["whole"], start=view["start"])
+        x0 = jnp.transpose(clips, (0, 4, 1, 2, 3))
         k1, k2, k3 = jax.random.split(key, 3)
         b = x0.shape[0]
         sigma = sample_sigma(k1, b, sigma_shift)
@@ -149,19 +177,46 @@ def _train_step(graphdef, lr: float, sigma_shift: float, caption_dropout: float,
         xt = (1 - s) * x0 + s * eps
         drop = jax.random.uniform(k3, (b,)) < caption_dropout
         ids = jnp.where(drop[:, None], data.PAD_ID, ids)
-        v = m.transformer(xt, sigma * 1000.0, m.text(ids))
+        v = m.transformer(xt, sigma * 1000.0, m.text(ids), offset=view["offset"])
         return jnp.mean(jnp.square(v - (eps - x0)))
 
-    def train_step(params, opt_state, ema, specs, ids, key, step, lr):
+    def train_step(params, opt_state, ema, specs, ids, view, key, step, lr, window):
         opt_state[1].hyperparams["learning_rate"] = lr
-        loss, grads = jax.value_and_grad(loss_fn)(params, specs, ids, key)
+        loss, grads = jax.value_and_grad(loss_fn)(params, specs, ids, view, key, window)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
         ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
         return params, opt_state, ema, loss, _global_norm(grads)
 
-    return jax.jit(train_step)
+    return jax.jit(train_step, static_argnames=("window",))
+
+
+def _resolve_data(args) -> tuple[int, int]:
+    """``(frames, size)`` of the default mix; refuses them with a bucketed mix, whose sizes are its buckets'."""
+    if args.mix != "default" and (args.frames is not None or args.size is not None):
+        raise SystemExit(f"--frames/--size set the clip of --mix default; the {args.mix!r} mix trains the sizes of "
+                         f"its buckets (jaxvdm.models.shapes.buckets): leave them out")
+    if args.mix not in buckets.MIXES:
+        raise SystemExit(f"unknown --mix {args.mix!r}; choose from {sorted(buckets.MIXES)}")
+    if not 0.0 <= args.two_shapes <= 1.0:
+        raise SystemExit(f"--two-shapes is a share of the clips in [0, 1], got {args.two_shapes}")
+    if args.mix == "default" and args.two_shapes:
+        raise SystemExit("--two-shapes trains a bucketed mix: use --mix varied (or smoke)")
+    return args.frames or 16, args.size or 32
+
+
+def _new_model(args, dtype, max_len: int):
+    """The model to train: fresh (``--small`` or the preset) or the weights of ``--init-from``."""
+    if args.init_from:
+        if args.small:
+            raise SystemExit("--init-from takes the architecture of its weights file; leave out --small")
+        return init_from(args.init_from, args.seed, dtype=dtype, max_len=max_len)
+    config = None
+    if args.small:  # a very small configuration for CPU smoke tests
+        config = WanConfig(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=16, in_channels=3,
+                           out_channels=3, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2)
+    return init_model(args.seed, dtype=dtype, config=config, max_len=max_len)
 
 
 def train(args) -> dict:
@@ -170,11 +225,9 @@ def train(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    config = None
-    if args.small:  # a very small configuration for CPU smoke tests
-        config = WanConfig(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=16, in_channels=3,
-                           out_channels=3, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2)
-    model = init_model(args.seed, dtype=dtype, config=config)
+    frames, size = _resolve_data(args)
+    max_len = data.MAX_LEN_TWO_SHAPES if args.two_shapes else data.MAX_LEN
+    model = _new_model(args, dtype, max_len)
     graphdef, params = nnx.split(model, nnx.Param)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     tx = _optimizer(args.lr)
@@ -188,6 +241,10 @@ def train(args) -> dict:
         trees, meta = train_state.load_state(args.state, {"params": params, "ema": ema, "adam": opt_state})
         if meta["seed"] != args.seed:
             raise SystemExit(f"--state {args.state} was trained with --seed {meta['seed']}, not {args.seed}")
+        stored = (meta.get("mix", "default"), meta.get("two_shapes", 0.0))
+        if stored != (args.mix, args.two_shapes):
+            raise SystemExit(f"--state {args.state} was trained with --mix {stored[0]} --two-shapes {stored[1]}, not "
+                             f"--mix {args.mix} --two-shapes {args.two_shapes} (its data stream would change)")
         params, ema = trees["params"], trees["ema"]
         if "adam" in trees:
             opt_state = trees["adam"]
@@ -200,8 +257,8 @@ def train(args) -> dict:
         print(f"resumed from {args.state} at step {start} ({seconds_before:.0f}s trained"
               f"{', compact: optimizer restarted' if rewarm_from is not None else ''})", flush=True)
 
-    train_step = _train_step(graphdef, args.lr, args.sigma_shift, args.caption_dropout, args.ema, args.frames,
-                             args.size)
+    train_step = _train_step(graphdef, args.lr, args.sigma_shift, args.caption_dropout, args.ema)
+    mix = buckets.get_mix(args.mix, frames, size)
 
     def run_done(step: int, trained_s: float) -> bool:  # the whole run's budget, over all legs
         return step >= args.steps or bool(args.time_limit and trained_s >= args.time_limit)
@@ -210,32 +267,43 @@ def train(args) -> dict:
         trees = {"params": params, "ema": ema} if args.compact_state else {"params": params, "ema": ema,
                                                                              "adam": opt_state}
         train_state.save_state(args.state, trees, {
-            "step": step_, "train_seconds": trained_s, "compile_seconds": compile_s, "seed": args.seed,
+            "step": step_, "train_seconds": trained_s, "compile_seconds": compile_s + leg_compile_s, "seed": args.seed,
+            "mix": args.mix, "two_shapes": args.two_shapes,
             "key": np.asarray(jax.random.key_data(key)).tolist(), "log": log, "finished": finished_,
             "unlogged_losses": [float(x) for x in jax.device_get(losses)]})
 
     finished = run_done(start, seconds_before)
+    compiled: set = set()  # window sizes compiled in this leg
+    leg_compile_s = 0.0
     last_save = time.time()
-    batches = None if finished else Batches(args.seed, args.batch_size, args.frames, args.size, args.workers,
-                                            long_travel=args.long_travel, start=start)
+    batches = None if finished else Batches(args.seed, args.batch_size, frames, size, args.workers,
+                                            long_travel=args.long_travel, start=start, mix=args.mix,
+                                            two_shapes=args.two_shapes)
     t0 = time.time()
     step = start
     try:
         while not finished:
-            specs, ids = batches.next()
+            specs, ids, view, window = batches.next()
             key, sub = jax.random.split(key)
             trained_s = seconds_before + time.time() - t0
             progress = trained_s / args.time_limit if args.time_limit else step / max(args.steps - 1, 1)
             lr = learning_rate(args.lr, args.warmup, step, progress)
             if rewarm_from is not None:
                 lr *= min(1.0, (step - rewarm_from + 1) / max(args.warmup, 1))
-            params, opt_state, ema, loss, gn = train_step(params, opt_state, ema, specs, ids, sub, jnp.float32(step),
-                                                          jnp.float32(lr))
+            new_size = window not in compiled
+            if new_size:  # a window size's first step compiles: the time budget leaves it out
+                jax.block_until_ready(params)
+                t_compile = time.time()
+            params, opt_state, ema, loss, gn = train_step(params, opt_state, ema, specs, ids, view, sub,
+                                                          jnp.float32(step), jnp.float32(lr), window=window)
             losses.append(loss)
-            if step == start:  # the leg's first step compiles: the time budget starts after it
+            if new_size:
                 jax.block_until_ready(loss)
-                compile_s = time.time() - t0
-                t0 = time.time()
+                compiled.add(window)
+                spent = time.time() - t_compile
+                leg_compile_s += spent
+                t0 += spent
+                print(f"compiled the {'x'.join(map(str, window))} step in {spent:.1f}s", flush=True)
             step += 1
             trained_s = seconds_before + time.time() - t0
             if step % args.log_every == 0 or step == 1:
@@ -247,6 +315,12 @@ def train(args) -> dict:
                 log["time"].append(trained_s)
                 print(f"step {step:6d}  loss {np.mean(vals):.4f}  |g| {float(gn):.3f}  lr {lr:.2e}  "
                       f"{trained_s:7.1f}s", flush=True)
+            if args.eval_every and step % args.eval_every == 0 and not run_done(step, trained_s):
+                t_eval = time.time()
+                log.setdefault("evals", []).append(
+                    {"step": step, **_evaluate(args, nnx.merge(graphdef, ema, nnx.state(model, nnx.Not(nnx.Param))),
+                                               mix, frames, size, max_len, args.eval_every_prompts)})
+                t0 += time.time() - t_eval  # evaluation is not training time
             finished = run_done(step, trained_s)
             if finished and args.time_limit and step < args.steps:
                 print(f"time limit {args.time_limit}s reached at step {step}", flush=True)
@@ -267,9 +341,10 @@ def train(args) -> dict:
               f"{'' if finished else ' (not finished: run the same command again to go on)'}", flush=True)
 
     model_ema = nnx.merge(graphdef, ema, nnx.state(model, nnx.Not(nnx.Param)))
-    info = {"steps": steps_done, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+    info = {"steps": steps_done, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "mix": args.mix,
+            "two_shapes": args.two_shapes, "init_from": str(args.init_from) if args.init_from else None,
             "final_loss": log["loss"][-1] if log["loss"] else None, "train_seconds": train_s,
-            "compile_seconds": compile_s, "params": n_params, "finished": finished,
+            "compile_seconds": compile_s + leg_compile_s, "params": n_params, "finished": finished,
             "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "command": args.command}
     save_model(model_ema, out / "weights.safetensors", info=info)
     _save_orbax(out / "ckpt", {"params": params, "ema": ema, "opt_state": opt_state}, steps_done)
@@ -277,11 +352,21 @@ def train(args) -> dict:
     _plot(log, out / "loss.png")
     result = {"info": info}
     if args.eval_prompts and finished:
-        result["eval"] = evaluate(model_ema, args.eval_prompts, seed=args.seed + 1, size=args.size, frames=args.frames,
-                                  settings=args.eval_settings)
+        result["eval"] = _evaluate(args, model_ema, mix, frames, size, max_len, args.eval_prompts)
         (out / "eval.json").write_text(json.dumps(result["eval"], indent=1))
     print(json.dumps(result, indent=1), flush=True)
     return result
+
+
+def _evaluate(args, model, mix, frames: int, size: int, max_len: int, prompts: int) -> dict:
+    """Training's evaluation: the default clip for ``--mix default``; per view of :data:`buckets.EVAL_VIEWS`
+    for the varied mix (the smoke mix: its own buckets)."""
+    from jaxvdm.models.shapes.eval_views import evaluate_views
+
+    if args.mix == "default":
+        return evaluate(model, prompts, seed=args.seed + 1, size=size, frames=frames, settings=args.eval_settings)
+    views = buckets.EVAL_VIEWS if args.mix == "varied" else mix
+    return evaluate_views(model, views, prompts, seed=args.seed + 1, settings=args.eval_settings, max_len=max_len)
 
 
 def evaluate(model, num_prompts: int, *, seed: int, size: int, frames: int, settings: list[tuple] | None = None) -> dict:
@@ -354,8 +439,16 @@ def main(argv=None) -> int:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--sigma-shift", type=float, default=3.0, help="shift of the training noise levels")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--frames", type=int, default=None, help="frames of the --mix default clips (16)")
+    p.add_argument("--size", type=int, default=None, help="height and width of the --mix default clips (32)")
+    p.add_argument("--mix", default="default", help=f"training data: one of {sorted(buckets.MIXES)} "
+                   "(jaxvdm.models.shapes.buckets)")
+    p.add_argument("--two-shapes", type=float, default=0.0,
+                   help="share of two-shape clips in a bucketed mix (the text encoder then reads 18 words)")
+    p.add_argument("--init-from", default=None,
+                   help="start from these weights (e.g. models/shapes/weights.safetensors): fresh optimizer and EMA")
+    p.add_argument("--eval-every", type=int, default=0, help="also evaluate the EMA every this many steps")
+    p.add_argument("--eval-every-prompts", type=int, default=32, help="prompts per view of --eval-every")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)))
