@@ -107,6 +107,10 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     g.add_argument("--list-words", action="store_true", help="print the shipped model's words and caption grammar")
     g.add_argument("--model", default=None, metavar="PATH",
                    help="a diffusers Wan2.1 folder, or a retrained shapes .safetensors (default: the shipped model)")
+    g.add_argument("--image", default=None, metavar="PATH",
+                   help="an image-to-video folder's first frame (PNG/JPEG; resized to the video)")
+    g.add_argument("--last-image", default=None, metavar="PATH",
+                   help="a first-last-frame (FLF2V) folder's last frame (with --image)")
     s = g.add_argument_group("sampling (defaults: the model's; the shipped model's in brackets)")
     s.add_argument("--num-frames", type=int, metavar="N", help=f"video frames [{d['num_frames']}]")
     s.add_argument("--height", type=int, metavar="PX", help=f"height in pixels [{d['height']}]")
@@ -114,6 +118,9 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     s.add_argument("--steps", type=int, metavar="N", help=f"denoising steps [{d['steps']}]")
     s.add_argument("--guidance-scale", type=float, metavar="G",
                    help=f"classifier-free guidance; 1 turns it off [{d['guidance_scale']}]")
+    s.add_argument("--guidance-scale-2", type=float, metavar="G",
+                   help="a Wan2.2 A14B folder's guidance for its low-noise expert [the model's; with "
+                        "--guidance-scale: that value]")
     s.add_argument("--negative-prompt", metavar="TEXT", help="the unconditional prompt [the model's; shipped: empty]")
     s.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the initial noise, the same on every mesh (default: 0)")
     s.add_argument("--scheduler", choices=["unipc", "euler"], help=f"flow-matching solver [{d['scheduler']}]")
@@ -234,9 +241,9 @@ def _generate(args, opt_names) -> int:
 
     mesh = _mesh(args.mesh)
     options = {k: getattr(args, f"opt_{k}") for k in opt_names if getattr(args, f"opt_{k}") is not None}
-    kwargs = dict(model=args.model, mesh=mesh, strategy=args.strategy, num_frames=args.num_frames, height=args.height,
+    kwargs = dict(model=args.model, image=args.image, last_image=args.last_image, mesh=mesh, strategy=args.strategy, num_frames=args.num_frames, height=args.height,
                   width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
-                  negative_prompt=args.negative_prompt, seed=args.seed, scheduler=args.scheduler, shift=args.shift,
+                  guidance_scale_2=args.guidance_scale_2, negative_prompt=args.negative_prompt, seed=args.seed, scheduler=args.scheduler, shift=args.shift,
                   attention=args.attention, precision=args.precision, progress=args.progress,
                   profile_dir=args.profile_dir, dump_hlo=args.dump_hlo, **options)
     _validate_before_compute(kwargs)
@@ -267,6 +274,13 @@ def _validate_before_compute(kwargs) -> None:
     steps = kwargs["steps"]
     if steps is not None and steps < 1:
         raise CLIError(f"--steps must be at least 1, got {steps}")
+    for flag, path in (("--image", kwargs.get("image")), ("--last-image", kwargs.get("last_image"))):
+        if path is not None and not Path(path).is_file():
+            raise CLIError(f"{flag} {path!r}: no such file; give the path of a PNG or JPEG image")
+    if pipe.encode_image is None and (kwargs.get("image") or kwargs.get("last_image")):
+        raise CLIError(f"model {pipe.name!r} is text-to-video: --image/--last-image need an image-to-video folder")
+    if pipe.encode_image is not None and not kwargs.get("image"):
+        raise CLIError(f"model {pipe.name!r} is image-to-video: give its first frame with --image PATH")
 
 
 def _convert(args) -> int:

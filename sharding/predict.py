@@ -26,6 +26,7 @@ from jax import lax
 
 from jaxvdm.models.wan import rope as rope_lib
 from jaxvdm.models.wan.attention import cross_attention_backend, get_attention, get_attention_with_lse
+from jaxvdm.models.wan.i2v import VideoCondition, text_of
 from jaxvdm.models.wan.transformer.model import Conditioning, WanTransformer, is_block_path, unpatchify
 from jaxvdm.sharding import fsdp as fsdp_lib
 from jaxvdm.sharding import lp as lp_lib
@@ -100,11 +101,12 @@ def forward_tokens(plan: Plan, latent_shape, patch, num_steps: int, defaults=Non
 
 
 def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0, 0), attention: str | None = None,
-                  dims=None, lp_tokens: bool = False):
+                  dims=None, lp_tokens: bool = False, image=None):
     """The transformer on ``x [b, C, T, H, W]`` with tokens split over the plan's sequence axes.
 
     Per-device code. ``t [b]``, ``ctx [b, L, text_dim]``; ``offset`` is the token offset of ``x`` in
-    the full video. ``lp_tokens``: also split the tokens over the ``lp`` axis, with Ulysses attention
+    the full video; ``image [b, Li, image_dim]`` the CLIP states of an I2V model (None otherwise; every
+    device holds them whole, like the text). ``lp_tokens``: also split the tokens over the ``lp`` axis, with Ulysses attention
     over it (the exact full-latent step of an LP schedule: every device works on the whole video's
     step, none repeats another's work). Returns the velocity ``[b, C, T, H, W]`` float32, replicated
     over the sequence axes.
@@ -112,7 +114,7 @@ def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0,
     cfg = model.config
     grid = cfg.token_grid(x.shape[2:])
     tokens = model.embed_tokens(x)
-    temb, tproj, context = model.embed_condition(t, ctx)
+    temb, tproj, context = model.embed_condition(t, ctx, image)
     positions = rope_lib.grid_positions(grid, offset)
     lp_axis = plan.lp_axis if lp_tokens and plan.size(plan.lp_axis) > 1 else None
     seq_axes = tuple(a for a in (plan.fsdp_axis, plan.sp_axis, lp_axis) if a)  # slowest first
@@ -147,7 +149,10 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
     """The guided velocity for the full latent ``x [1, C, T, H, W]`` at timestep ``t`` (scalar).
 
     Per-device code. ``ctx`` is ``[2, L, text_dim]`` (cond, uncond) with guidance, or ``[1, L, ·]``
-    without; ``guidance`` a float32 scalar; ``lp`` this step's partition (required with an ``lp`` axis:
+    without, or an image-to-video :class:`~jaxvdm.models.wan.i2v.VideoCondition` holding that text, the
+    CLIP states (or None) and the conditioning latent ``[1, Cy, T, H, W]``: the latent is cut with the
+    same LP window as ``x`` and joined to it on the channels (``x ‖ latent``, the model's input), the
+    CLIP states go to every forward of the pair; ``guidance`` a float32 scalar; ``lp`` this step's partition (required with an ``lp`` axis:
     see :func:`step_windows`); ``dims`` the fsdp shard dims (:func:`block_dims`). Returns
     ``[1, C, T, H, W]`` float32, identical on every device of the mesh.
     """
@@ -157,15 +162,22 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
     patch = model.config.patch_size
     lp_on = lp is not None and lp.axis is not None
     lp_full = lp is not None and lp.axis is None and plan.size(plan.lp_axis) > 1
+    cond = ctx.latent if isinstance(ctx, VideoCondition) else None
+    image = ctx.image if isinstance(ctx, VideoCondition) else None
+    ctx = text_of(ctx)
     if lp_on:
         with jax.named_scope("lp_window"):
             k = lax.axis_index(plan.lp_axis)
             start = jnp.asarray(lp.starts, jnp.int32)[k]
             xw = lax.dynamic_slice_in_dim(x, start, lp.length, axis=lp.axis)
+            if cond is not None:
+                cond = lax.dynamic_slice_in_dim(cond, start, lp.length, axis=lp.axis)
             offset = [0, 0, 0]
             offset[lp.axis - 2] = start // patch[lp.axis - 2]
     else:
         xw, offset = x, [0, 0, 0]
+    if cond is not None:  # the I2V input: noise ‖ mask ‖ conditioning latent
+        xw = jnp.concatenate([xw, cond.astype(xw.dtype)], axis=1)
 
     with_cfg = ctx.shape[0] == 2
     if with_cfg and plan.cfg_axis:
@@ -176,9 +188,11 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
     else:
         ctx_b, xb = ctx, xw
     tb = jnp.full((xb.shape[0],), t, jnp.float32)
+    if image is not None:
+        image = jnp.broadcast_to(image, (xb.shape[0],) + image.shape[1:])
     with jax.named_scope("model_forward"):
         v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention, dims=dims,
-                          lp_tokens=lp_full)
+                          lp_tokens=lp_full, image=image)
 
     if with_cfg:
         with jax.named_scope("cfg_combine"):

@@ -39,8 +39,6 @@ MODEL_INDEX = {
 
 # A value that sets each UNSUPPORTED entry, as the Wan2.2 / I2V folders have it.
 SETTING = {
-    ("model_index.json", "transformer_2"): ["diffusers", "WanTransformer3DModel"],
-    ("model_index.json", "boundary_ratio"): 0.875,
     ("model_index.json", "expand_timesteps"): True,
     ("model_index.json", "image_encoder"): ["transformers", "CLIPVisionModel"],
     ("model_index.json", "image_processor"): ["transformers", "CLIPImageProcessor"],
@@ -96,12 +94,38 @@ def test_unsupported_component_or_flag_is_refused(tmp_path, where, key):
     assert "while loading" not in msg  # refused before any weights were read
 
 
-def test_wan22_a14b_names_both_expert_entries(tmp_path):
-    folder = _skeleton(tmp_path / "a14b", index={"transformer_2": SETTING[("model_index.json", "transformer_2")],
-                                                 "boundary_ratio": 0.9})
-    msg = _refusal(folder)
-    assert "transformer_2=['diffusers', 'WanTransformer3DModel']" in msg and "boundary_ratio=0.9" in msg
-    assert msg.count("two experts are not supported yet") == 2
+EXPERT = ["diffusers", "WanTransformer3DModel"]
+
+
+def _two_experts(root, *, index=None, transformer_2=None):
+    """A Wan2.2 A14B skeleton: transformer_2/ beside transformer/ (its config: the first's, edited)."""
+    folder = _skeleton(root, index={"transformer_2": EXPERT, "boundary_ratio": 0.875, **(index or {})})
+    (folder / "transformer_2").mkdir()
+    cfg = {**json.loads((folder / "transformer" / "config.json").read_text()), **(transformer_2 or {})}
+    (folder / "transformer_2" / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_wan22_a14b_skeleton_gets_past_the_checks(tmp_path):
+    msg = _refusal(_two_experts(tmp_path / "a14b"))
+    assert "while loading the 'transformer' component" in msg and RUNS not in msg
+
+
+@pytest.mark.parametrize("index,transformer_2,message", [
+    (dict(boundary_ratio=None), None, "lists transformer_2 but no boundary_ratio: the low-noise expert would never run"),
+    (dict(transformer_2=[None, None]), None, "sets boundary_ratio=0.875 but no transformer_2"),
+    (dict(boundary_ratio=1.5), None, "boundary_ratio=1.5: it must be a number in [0, 1]"),
+    (None, dict(num_layers=3), "transformer/ and transformer_2/ have different configs (num_layers)"),
+    (None, dict(image_dim=1280), "transformer_2/config.json sets image_dim=1280: an image-to-video transformer"),
+])
+def test_wan22_a14b_expert_entries_are_checked(tmp_path, index, transformer_2, message):
+    msg = _refusal(_two_experts(tmp_path / "a14b", index=index, transformer_2=transformer_2))
+    assert message in msg and "while loading" not in msg
+
+
+def test_wan22_a14b_missing_expert_folder(tmp_path):
+    folder = _skeleton(tmp_path / "a14b", index={"transformer_2": EXPERT, "boundary_ratio": 0.875})
+    assert "missing component folder(s) ['transformer_2']" in _refusal(folder)
 
 
 @pytest.mark.parametrize("index,transformer,message", [
