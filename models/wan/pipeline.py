@@ -16,6 +16,7 @@ run in part.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from jaxvdm.models.wan.rope import check_grid
 from jaxvdm.models.wan.text_encoder import encode_prompts, load_text_encoder, load_tokenizer
 from jaxvdm.models.wan.transformer import init_transformer, load_transformer
 from jaxvdm.models.wan.i2v import image_condition
+from jaxvdm.models.wan.lora import load_lora, merge_lora
 from jaxvdm.models.wan.image_encoder import load_image_encoder, load_image_processor
 from jaxvdm.models.wan.vae import denormalize_latents, load_vae, normalize_latents
 from jaxvdm.models.wan.vae.sharded import decode_sharded
@@ -66,26 +68,18 @@ RUNS = ("jaxvdm runs Wan text-to-video folders: a WanPipeline with one transform
 UNSUPPORTED: dict[tuple[str, str], str] = {
     ("model_index.json", "expand_timesteps"):
         "Wan2.2 TI2V's per-token timesteps (text-image-to-video): not supported yet",
-    ("model_index.json", "image_encoder"):
-        "image-to-video's CLIP image encoder: I2V is not supported yet",
-    ("model_index.json", "image_processor"):
-        "image-to-video's image processor: I2V is not supported yet",
-    ("transformer/config.json", "image_dim"):
-        "an image-to-video transformer (image embedding width): I2V is not supported yet",
-    ("transformer/config.json", "added_kv_proj_dim"):
-        "an image-to-video transformer (image cross-attention keys and values): I2V is not supported yet",
 }
 
 # The pipeline and component classes jaxvdm runs (model_index.json, and the components' own _class_name).
 I2V_PIPELINE = "WanImageToVideoPipeline"
-PIPELINE_CLASSES = ("WanPipeline",)
+PIPELINE_CLASSES = ("WanPipeline", I2V_PIPELINE)
 COMPONENT_CLASSES = {"transformer": ("WanTransformer3DModel",), "transformer_2": ("WanTransformer3DModel",),
                      "vae": ("AutoencoderKLWan",), "text_encoder": ("UMT5EncoderModel",),
                      "image_encoder": ("CLIPVisionModel", "CLIPVisionModelWithProjection"),
-                     "image_processor": ("CLIPImageProcessor",)}
+                     "image_processor": ("CLIPImageProcessor", "CLIPImageProcessorPil")}
 # Optional components and flags jaxvdm runs: Wan2.2 A14B's low-noise expert and the switch to it; the
 # CLIP image encoder and its processor of a Wan2.1 image-to-video folder.
-OPTIONAL = ("transformer_2", "boundary_ratio")
+OPTIONAL = ("transformer_2", "boundary_ratio", "image_encoder", "image_processor")
 
 
 def _is_set(value) -> bool:
@@ -98,7 +92,7 @@ def _check_supported(root: Path, index: dict) -> None:
     problems = []
     cls = index.get("_class_name")
     if cls is not None and cls not in PIPELINE_CLASSES:
-        problems.append(f"model_index.json describes {cls!r}, not a text-to-video {' or '.join(PIPELINE_CLASSES)}")
+        problems.append(f"model_index.json describes {cls!r}, not a {' or '.join(PIPELINE_CLASSES)}")
     configs = {"model_index.json": index}
     for comp in ("transformer", "transformer_2", "vae"):
         if (root / comp / "config.json").is_file():
@@ -250,8 +244,32 @@ def _component(root: Path, name: str, load):
         raise CheckpointError(f"{msg}\n  while loading the {name!r} component of {root}: {fix}") from e
 
 
+LORA_TARGETS = ("transformer", "transformer_2")
+
+
+def _lora_entries(lora, two_experts: bool) -> list[tuple[Path, float, str]]:
+    """``lora`` (``[(file, scale)]`` or ``[(file, scale, target)]``) checked: a file path, a finite real scale,
+    a target of :data:`LORA_TARGETS` (``transformer_2`` only in a two-expert folder). Raises ValueError."""
+    out = []
+    for entry in lora or ():
+        if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3):
+            raise ValueError(f"lora entries are (file, scale) or (file, scale, target), e.g. [('style.safetensors', "
+                             f"0.8)], got {entry!r}")
+        file, scale, *rest = entry
+        target = rest[0] if rest else "transformer"
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"lora {file}: the scale must be a finite number, got {scale!r}")
+        if target not in LORA_TARGETS:
+            raise ValueError(f"lora {file}: target must be one of {LORA_TARGETS}, got {target!r}")
+        if target == "transformer_2" and not two_experts:
+            raise ValueError(f"lora {file}: target transformer_2 needs a Wan2.2 two-expert folder; this folder has "
+                             "one transformer (use target 'transformer')")
+        out.append((Path(file), float(scale), target))
+    return out
+
+
 def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dtype=None, vae_dtype=None,
-                  vae_split: str = "width"):
+                  vae_split: str = "width", lora=None):
     """Loads a diffusers-format Wan text-to-video folder (Wan2.1, or Wan2.2 A14B's two experts) as a
     :class:`jaxvdm.Pipeline`.
 
@@ -260,6 +278,11 @@ def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dt
       dtype: the transformer's computation dtype (bfloat16 on accelerators).
       text_encoder_dtype, vae_dtype: their dtypes (default: ``dtype``).
       vae_split: how decoding is split over a mesh's devices ("width" or "height").
+      lora: LoRA files merged into the transformer's weights at load, in order: ``[(file, scale), ...]``
+        (into ``transformer``, what diffusers' ``load_lora_weights`` + ``set_adapters(..., scale)`` does) or
+        ``(file, scale, "transformer_2")`` (a Wan2.2 expert folder's low-noise expert: diffusers'
+        ``load_into_transformer_2=True``). Every layout of :mod:`jaxvdm.models.wan.lora` is read; a key
+        matching nothing in the transformer raises :class:`~jaxvdm.models.wan.lora.LoraError`.
 
     The scheduler's ``scheduler_config.json`` becomes ``defaults["scheduler"]`` (its class as "unipc" /
     "euler", or a :class:`~jaxvdm.models.schedulers.SchedulerSpec` holding the options it sets beyond
@@ -278,6 +301,7 @@ def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dt
     index = read_config(root, "model_index.json")
     _check_supported(root, index)
     two = _is_set(index.get("transformer_2"))
+    loras = _lora_entries(lora, two)
     clip = _is_set(index.get("image_encoder"))
     extra = (("transformer_2",) if two else ()) + (("image_encoder", "image_processor") if clip else ())
     missing = [c for c in COMPONENTS + extra if not (root / c).is_dir()]
@@ -288,6 +312,12 @@ def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dt
     sched_defaults = _scheduler_defaults(root, index)
     transformer = _component(root, "transformer", lambda p: load_transformer(p, dtype=dtype))
     transformer_2 = _component(root, "transformer_2", lambda p: load_transformer(p, dtype=dtype)) if two else None
+    for file, scale, target in loras:  # merged in float32, cast back to each weight's dtype
+        adapter = load_lora(file)
+        if target == "transformer":
+            transformer = merge_lora(transformer, adapter, scale)
+        else:
+            transformer_2 = merge_lora(transformer_2, adapter, scale)
     encoder = _component(root, "text_encoder", lambda p: load_text_encoder(p, dtype=text_encoder_dtype or dtype))
     tokenizer = _component(root, "tokenizer", load_tokenizer)
     vae = _component(root, "vae", lambda p: load_vae(p, dtype=vae_dtype or dtype))
