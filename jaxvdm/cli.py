@@ -111,6 +111,11 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
                    help="an image-to-video folder's first frame (PNG/JPEG; resized to the video)")
     g.add_argument("--last-image", default=None, metavar="PATH",
                    help="a first-last-frame (FLF2V) folder's last frame (with --image)")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="a LoRA .safetensors merged into the --model folder's transformer at SCALE (default 1.0); "
+                        "repeatable")
+    g.add_argument("--lora-2", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="a LoRA merged into a Wan2.2 two-expert folder's low-noise expert (transformer_2); repeatable")
     s = g.add_argument_group("sampling (defaults: the model's; the shipped model's in brackets)")
     s.add_argument("--num-frames", type=int, metavar="N", help=f"video frames [{d['num_frames']}]")
     s.add_argument("--height", type=int, metavar="PX", help=f"height in pixels [{d['height']}]")
@@ -240,6 +245,8 @@ def _generate(args, opt_names) -> int:
     import jaxvdm
 
     mesh = _mesh(args.mesh)
+    if args.lora or args.lora_2:
+        args.model = _with_loras(args.model, args.lora, args.lora_2)
     options = {k: getattr(args, f"opt_{k}") for k in opt_names if getattr(args, f"opt_{k}") is not None}
     kwargs = dict(model=args.model, image=args.image, last_image=args.last_image, mesh=mesh, strategy=args.strategy, num_frames=args.num_frames, height=args.height,
                   width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
@@ -259,6 +266,31 @@ def _generate(args, opt_names) -> int:
     print(f"time: compile {t.get('compile_s', 0):.2f}s, denoise {t['denoise_s']:.2f}s, decode {t['decode_s']:.2f}s, "
           f"total {t['total_s']:.2f}s")
     return 0
+
+
+def _lora_arg(text: str, target: str) -> tuple[str, float, str]:
+    """``FILE[:SCALE]`` -> ``(FILE, SCALE, target)`` (scale 1.0 when absent); raises CLIError for a bad scale
+    or a missing file."""
+    file, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            file, scale = head, float(tail)
+        except ValueError:
+            file, scale = text, 1.0  # a colon in the path, no scale
+    if not Path(file).is_file():
+        raise CLIError(f"--lora {text!r}: no such file {file!r}; give FILE[:SCALE], e.g. --lora style.safetensors:0.8")
+    return file, scale, target
+
+
+def _with_loras(model, loras, loras_2):
+    """The --model folder loaded with its --lora / --lora-2 files merged (a Pipeline for generate)."""
+    if model is None or not Path(model).is_dir():
+        raise CLIError("--lora / --lora-2 merge into a diffusers Wan folder: give it with --model PATH")
+    from jaxvdm.models.wan.pipeline import load_pipeline
+
+    entries = [_lora_arg(t, "transformer") for t in loras] + [_lora_arg(t, "transformer_2") for t in loras_2]
+    return load_pipeline(model, lora=entries)  # a LoRA that does not fit is a ValueError: main reports it
 
 
 def _validate_before_compute(kwargs) -> None:
