@@ -311,7 +311,7 @@ def _validate_before_compute(kwargs) -> None:
             raise CLIError(f"{flag} {path!r}: no such file; give the path of a PNG or JPEG image")
     if pipe.encode_image is None and (kwargs.get("image") or kwargs.get("last_image")):
         raise CLIError(f"model {pipe.name!r} is text-to-video: --image/--last-image need an image-to-video folder")
-    if pipe.encode_image is not None and not kwargs.get("image"):
+    if pipe.encode_image is not None and not kwargs.get("image") and pipe.defaults.get("task") != "ti2v":
         raise CLIError(f"model {pipe.name!r} is image-to-video: give its first frame with --image PATH")
 
 

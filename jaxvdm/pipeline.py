@@ -113,7 +113,8 @@ def generate(
       model: None for the shipped model; a diffusers Wan checkpoint folder; a retrained shapes weights file
         (``.safetensors``); or a :class:`Pipeline`.
       image: an image-to-video model's first frame (a path, a PIL image or a uint8 ``[H, W, 3]`` array;
-        resized to the video with Lanczos as diffusers does); required by, and only accepted by, I2V models.
+        resized to the video with Lanczos as diffusers does); required by I2V models, optional for Wan2.2
+        TI2V (text-image-to-video: without it the run is text-to-video), refused by text-to-video ones.
       last_image: a first-last-frame (FLF2V) model's last frame (Wan2.2 I2V also takes one).
       mesh: a ``jax.sharding.Mesh`` whose axes the strategy uses (None: one device).
       strategy: a strategy name or composition, e.g. ``"lp"``, ``"cfg+ulysses"`` (see
@@ -219,7 +220,12 @@ def generate(
         raise MemoryError(f"ran out of device memory generating {num_frames}x{height}x{width} with strategy "
                           f"{plan.describe()}: use a smaller video or more devices "
                           f"({str(e).strip().splitlines()[0][:200]})") from None
+    from jaxvdm.models.wan.i2v import FirstFrameCondition, inject_first_frame
+
     out_np = _to_host(out)
+    if isinstance(context, FirstFrameCondition):  # Wan2.2 TI2V: the result's first frame is the image's
+        out_np = np.asarray(inject_first_frame(out_np, _to_host(context.latent)))
+        out = out_np
 
     t0 = time.perf_counter()
     frames = None
@@ -375,17 +381,14 @@ def _to_host(x) -> np.ndarray:
 
 def _image_context(pipe: Pipeline, text, image, last_image, num_frames: int, height: int, width: int):
     """``text`` for a text-to-video model; a :class:`~jaxvdm.models.wan.i2v.VideoCondition` (text, CLIP states,
-    conditioning latent) for an image-to-video one. Raises ValueError for an image given to a text-to-video
+    conditioning latent) or ``FirstFrameCondition`` (Wan2.2 TI2V) for an image-to-video one. Raises ValueError for an image given to a text-to-video
     model, or images that do not fit the I2V model (none, or a last image it cannot take)."""
     if pipe.encode_image is None:
         if image is not None or last_image is not None:
             raise ValueError(f"model {pipe.name!r} is text-to-video and takes no image; load an image-to-video "
                              f"checkpoint (Wan2.1 I2V / FLF2V, Wan2.2 I2V) for image= / last_image=")
         return text
-    from jaxvdm.models.wan.i2v import VideoCondition
-
-    latent, clip = pipe.encode_image(image, last_image, num_frames, height, width)
-    return VideoCondition(text, clip, jnp.asarray(latent, jnp.float32))
+    return pipe.encode_image(text, image, last_image, num_frames, height, width)
 
 
 def _text_context(pipe: Pipeline, prompt, negative_prompt, with_cfg, prompt_embeds, negative_prompt_embeds):

@@ -40,9 +40,9 @@ class Pipeline:
         negative_prompt; with ``transformer_2`` also ``boundary_ratio`` and ``guidance_scale_2``.
       transformer_2: Wan2.2 A14B's low-noise expert (None: one transformer). ``transformer`` then is the
         high-noise expert, used while a step's timestep ``t >= boundary_ratio * num_train_timesteps``.
-      encode_image: image-to-video models only (None otherwise): ``(image, last_image, num_frames, height,
-        width) -> (latent [1, Cy, T, H', W'], clip [1, Li, D] | None)``, the conditioning beside the noise
-        (:func:`jaxvdm.models.wan.i2v.image_condition`).
+      encode_image: image-to-video models only (None otherwise): ``(text, image, last_image, num_frames,
+        height, width) -> context``, the text states joined with the image conditioning the strategies
+        carry (:class:`jaxvdm.models.wan.i2v.VideoCondition` or, Wan2.2 TI2V, ``FirstFrameCondition``).
     """
 
     name: str
@@ -56,8 +56,10 @@ class Pipeline:
 
     @property
     def latent_channels(self) -> int:
-        """The channels of the noise the sampler denoises (an I2V transformer's input adds its conditioning)."""
-        return self.transformer.config.out_channels
+        """The channels of the noise the sampler denoises: the transformer's ``out_channels`` (an I2V
+        transformer's ``in_channels`` add its conditioning); ``in_channels`` for a config without one."""
+        cfg = self.transformer.config
+        return getattr(cfg, "out_channels", cfg.in_channels)
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         """``(1, C, T, H, W)`` for a video size; raises SizeError naming the nearest valid size."""

@@ -42,7 +42,7 @@ from jax import lax
 from jaxvdm.models.wan.transformer.model import WanTransformer
 from jaxvdm.sharding import dualparal_pipeline
 from jaxvdm.sharding import dualparal_schedule as sched_lib
-from jaxvdm.models.wan.i2v import VideoCondition
+from jaxvdm.models.wan.i2v import FirstFrameCondition, VideoCondition
 from jaxvdm.sharding import runtime
 from jaxvdm.sharding.experts import as_experts, expert_guidance, primary, step_experts
 from jaxvdm.sharding.dualparal_block import (Geometry, coordinated_noise, embed_window, empty_cache, geometry,
@@ -149,7 +149,7 @@ def sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention=
     mesh and different seeds different permutations. ``model``: one transformer or an
     :class:`~jaxvdm.sharding.experts.Experts` (every block-step on its own step's expert, both resident).
     Returns ``(latents, timings)``; the pipelined run adds ``bubble_ratio`` and ``slots``."""
-    if isinstance(context, VideoCondition):
+    if isinstance(context, (VideoCondition, FirstFrameCondition)):
         raise ValueError("dualparal does not run image-to-video yet (its block windows do not carry the image "
                          "conditioning); use single, cfg, ulysses, ring, fsdp, lp or parastep for --image")
     geo = run_geometry(model, plan, noise.shape, defaults)

@@ -38,9 +38,7 @@ MODEL_INDEX = {
 }
 
 # A value that sets each UNSUPPORTED entry, as the Wan2.2 / I2V folders have it.
-SETTING = {
-    ("model_index.json", "expand_timesteps"): True,
-}
+SETTING: dict = {}  # every entry has landed (Wan2.2 TI2V's expand_timesteps last); new ones get a value here
 CLIP = {"image_encoder": ["transformers", "CLIPVisionModel"], "image_processor": ["transformers", "CLIPImageProcessor"]}
 I2V = {"_class_name": "WanImageToVideoPipeline"}
 
@@ -132,6 +130,8 @@ def test_wan22_a14b_missing_expert_folder(tmp_path):
     (None, dict(in_channels=36, image_dim=1280), "describes an image-to-video transformer (in_channels=36, "
                                                  "image_dim=1280) in a text-to-video WanPipeline"),
     (CLIP, None, "model_index.json lists image_encoder in a text-to-video WanPipeline"),
+    (dict(expand_timesteps=True), dict(in_channels=36), "sets expand_timesteps (Wan2.2 TI2V), which needs a "
+                                                        "transformer whose input is the noise alone"),
     (I2V, dict(in_channels=36, image_dim=1280), "sets image_dim=1280 (CLIP image states) but model_index.json lacks "
                                                "image_encoder and image_processor"),
     ({**I2V, **CLIP}, dict(in_channels=36), "lists image_encoder and image_processor, but the transformer has no image "

@@ -141,9 +141,10 @@ def test_lp_cuts_the_condition_with_its_window(i2v, devices):
     plan = resolve("lp", mesh, {"overlap": 0.25, "schedule": "W"})
     den = Denoiser(model, plan, mesh)
     x = jnp.asarray(i2v.noise.numpy())
-    latent, clip = i2v.ours.encode_image(i2v.first, None, FRAMES, HEIGHT, WIDTH)
     text = jnp.asarray(np.random.default_rng(1).standard_normal((2, 512, 32)), jnp.float32)
-    ctx = VideoCondition(text, clip, jnp.asarray(latent))
+    ctx = i2v.ours.encode_image(text, i2v.first, None, FRAMES, HEIGHT, WIDTH)
+    assert isinstance(ctx, VideoCondition)
+    latent, clip = ctx.latent, ctx.image
     lp = den.windows(x.shape, STEPS)[0]
     assert lp.axis == 4 and lp.length < x.shape[4]
     got = jax.jit(den.predict_fn(lp))(den.state, x, jnp.float32(900.0), ctx, jnp.float32(GUIDANCE))
@@ -185,3 +186,19 @@ def test_refusals(i2v, tmp_path):
                                                  transformer=tiny_wan.transformer(1, image_dim=4))
         pipe.save_pretrained(bad)
         load_pipeline(bad)
+
+
+def test_wan22_i2v_two_experts_match_diffusers(i2v, tmp_path):
+    """Wan2.2 I2V-A14B's layout: a WanImageToVideoPipeline with two 36-channel experts, no CLIP branch (the image
+    enters through the mask and latent channels alone), the switch at boundary_ratio, a last image allowed."""
+    _NOISE["noise"] = i2v.noise
+    c = i2v.pipe.components
+    parts = {k: c[k] for k in ("tokenizer", "text_encoder", "vae", "scheduler")}
+    pipe = diffusers.WanImageToVideoPipeline(**parts, transformer=tiny_wan.transformer(2, in_channels=36),
+                                             transformer_2=tiny_wan.transformer(9, in_channels=36), boundary_ratio=0.9)
+    pipe.save_pretrained(tmp_path / "Wan2.2-I2V-tiny")
+    ours = load_pipeline(tmp_path / "Wan2.2-I2V-tiny")
+    assert ours.transformer_2 is not None and ours.defaults["task"] == "i2v"
+    for last in (None, i2v.last):
+        theirs = _theirs(pipe, i2v.first, last)
+        assert rel_err(_ours(ours, i2v.first, last), theirs) <= 1e-4

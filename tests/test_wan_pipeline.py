@@ -260,17 +260,21 @@ def test_folder_scheduler_options_travel_with_the_pipeline(ref, tmp_path, schedu
 
 # ----------------------------------------------------------------------------- diffusers' folders jaxvdm refuses
 
-def test_wan22_folders_are_refused(ref, tmp_path):
-    """A Wan2.2 TI2V (expand_timesteps) folder as diffusers saves it: refused, naming the flag. (Wan2.2 A14B's
-    two-expert folders load: tests/test_wan22_experts.py.)"""
+def test_wan22_ti2v_flag_without_an_image_is_text_to_video(ref, ours, tmp_path):
+    """A WanPipeline folder with expand_timesteps (Wan2.2 TI2V's flag) loads as text-image-to-video; without an
+    image its per-token timesteps are all t, so it equals the same weights' text-to-video run. (Wan2.2 A14B and
+    TI2V parity with diffusers: tests/test_wan22_experts.py, tests/test_ti2v.py.)"""
     c = ref.pipe.components
     base = dict(tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=c["vae"], transformer=c["transformer"],
                 scheduler=c["scheduler"])
-
     ti2v = tmp_path / "Wan2.2-TI2V-tiny"
     diffusers.WanPipeline(**base, expand_timesteps=True).save_pretrained(ti2v)
-    with pytest.raises(CheckpointError, match=r"expand_timesteps=True: Wan2.2 TI2V's per-token timesteps"):
-        load_pipeline(ti2v)
+    pipe = load_pipeline(ti2v)
+    assert pipe.defaults["task"] == "ti2v"
+    kw = dict(num_frames=FRAMES, height=HEIGHT, width=WIDTH, steps=2, guidance_scale=GUIDANCE, negative_prompt=NEGATIVE,
+              latents=ref.noise.numpy(), decode=False)
+    assert rel_err(jaxvdm.generate(PROMPT, model=pipe, **kw).latents,
+                   jaxvdm.generate(PROMPT, model=ours, **kw).latents) <= 1e-6
 
 
 def test_image_to_video_folder_is_refused(ref, tmp_path):

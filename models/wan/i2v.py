@@ -31,7 +31,7 @@ import numpy as np
 from jaxvdm.models.wan.image_encoder import encode_image, preprocess_images
 from jaxvdm.models.wan.image_encoder.preprocess import _as_rgb_uint8
 
-__all__ = ["VideoCondition", "text_of", "load_image", "video_pixels", "frame_mask", "image_condition", "LANCZOS"]
+__all__ = ["VideoCondition", "FirstFrameCondition", "inject_first_frame", "first_frame_latent", "text_of", "load_image", "video_pixels", "frame_mask", "image_condition", "LANCZOS"]
 
 LANCZOS = 1  # PIL.Image.Resampling.LANCZOS: diffusers' VaeImageProcessor default
 
@@ -50,9 +50,35 @@ class VideoCondition(NamedTuple):
     latent: jax.Array
 
 
+class FirstFrameCondition(NamedTuple):
+    """Wan2.2 TI2V's image conditioning (diffusers' ``expand_timesteps``; a pytree).
+
+    text: ``[B, L, text_dim]`` as in :class:`VideoCondition`.
+    latent: ``[1, z, 1, H, W]`` float32, the normalised VAE latent of the image: the model's input has it as
+      its first latent frame (whose tokens take timestep 0) at every step, and the final latents too.
+    """
+
+    text: jax.Array
+    latent: jax.Array
+
+
 def text_of(context):
-    """The text states of ``context`` (a plain ``[B, L, D]`` array or a :class:`VideoCondition`)."""
-    return context.text if isinstance(context, VideoCondition) else context
+    """The text states of ``context`` (a plain ``[B, L, D]`` array, a :class:`VideoCondition` or a
+    :class:`FirstFrameCondition`)."""
+    return context.text if isinstance(context, (VideoCondition, FirstFrameCondition)) else context
+
+
+def inject_first_frame(x, latent):
+    """``x [1, z, T, H, W]`` with its first latent frame replaced by ``latent [1, z, 1, H, W]`` (float32)."""
+    x = jnp.asarray(x, jnp.float32)
+    return x.at[:, :, :1].set(jnp.asarray(latent, jnp.float32))
+
+
+def first_frame_latent(image, *, height: int, width: int, vae, encode_video, normalize):
+    """Wan2.2 TI2V: the image (path, PIL or uint8 array; Lanczos-resized to the video) VAE-encoded alone, its
+    mean normalised: ``[1, z, 1, height/s, width/s]`` float32 (diffusers' ``prepare_latents`` condition)."""
+    video = video_pixels(load_image(image), height, width)[None, :, None]  # [1, 3, 1, H, W]
+    return jnp.asarray(normalize(encode_video(vae, jnp.asarray(video))), jnp.float32)
 
 
 def load_image(image) -> np.ndarray:

@@ -30,7 +30,7 @@ from jaxvdm.models.schedulers import scheduler_spec_from_config
 from jaxvdm.models.wan.rope import check_grid
 from jaxvdm.models.wan.text_encoder import encode_prompts, load_text_encoder, load_tokenizer
 from jaxvdm.models.wan.transformer import init_transformer, load_transformer
-from jaxvdm.models.wan.i2v import image_condition
+from jaxvdm.models.wan.i2v import FirstFrameCondition, VideoCondition, first_frame_latent, image_condition
 from jaxvdm.models.wan.lora import load_lora, merge_lora
 from jaxvdm.models.wan.image_encoder import load_image_encoder, load_image_processor
 from jaxvdm.models.wan.vae import denormalize_latents, load_vae, normalize_latents
@@ -65,10 +65,7 @@ RUNS = ("jaxvdm runs Wan text-to-video folders: a WanPipeline with one transform
 # Every component and flag of a diffusers Wan folder that jaxvdm does not run yet, where it is found, and
 # why: load_pipeline refuses a folder that sets any of them. Remove an entry when its support lands.
 # A model_index.json entry counts as set unless it is null, false or [null, null] (diffusers' "absent").
-UNSUPPORTED: dict[tuple[str, str], str] = {
-    ("model_index.json", "expand_timesteps"):
-        "Wan2.2 TI2V's per-token timesteps (text-image-to-video): not supported yet",
-}
+UNSUPPORTED: dict[tuple[str, str], str] = {}
 
 # The pipeline and component classes jaxvdm runs (model_index.json, and the components' own _class_name).
 I2V_PIPELINE = "WanImageToVideoPipeline"
@@ -79,7 +76,7 @@ COMPONENT_CLASSES = {"transformer": ("WanTransformer3DModel",), "transformer_2":
                      "image_processor": ("CLIPImageProcessor", "CLIPImageProcessorPil")}
 # Optional components and flags jaxvdm runs: Wan2.2 A14B's low-noise expert and the switch to it; the
 # CLIP image encoder and its processor of a Wan2.1 image-to-video folder.
-OPTIONAL = ("transformer_2", "boundary_ratio", "image_encoder", "image_processor")
+OPTIONAL = ("transformer_2", "boundary_ratio", "image_encoder", "image_processor", "expand_timesteps")
 
 
 def _is_set(value) -> bool:
@@ -133,6 +130,13 @@ def _task_problems(index: dict, configs: dict) -> list[str]:
     cin, cout, image_dim = cfg.get("in_channels", 16), cfg.get("out_channels", 16), cfg.get("image_dim")
     clip = [k for k in ("image_encoder", "image_processor") if _is_set(index.get(k))]
     problems = []
+    if _is_set(index.get("expand_timesteps")):  # Wan2.2 TI2V: the image enters as the first latent frame
+        if cin != cout or _is_set(image_dim) or clip:
+            problems.append(f"model_index.json sets expand_timesteps (Wan2.2 TI2V), which needs a transformer whose "
+                            f"input is the noise alone (in_channels = out_channels, no image_dim) and no image encoder; "
+                            f"got in_channels={cin}, out_channels={cout}, image_dim={image_dim!r}"
+                            + (f", {' and '.join(clip)}" if clip else ""))
+        return problems
     if not i2v:
         if cin != cout or _is_set(image_dim) or _is_set(cfg.get("added_kv_proj_dim")):
             problems.append(f"transformer/config.json describes an image-to-video transformer (in_channels={cin}, "
@@ -321,7 +325,7 @@ def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dt
     encoder = _component(root, "text_encoder", lambda p: load_text_encoder(p, dtype=text_encoder_dtype or dtype))
     tokenizer = _component(root, "tokenizer", load_tokenizer)
     vae = _component(root, "vae", lambda p: load_vae(p, dtype=vae_dtype or dtype))
-    defaults = {**_defaults_for(transformer.config, two), **sched_defaults}
+    defaults = {**_defaults_for(transformer.config, two), **sched_defaults, "task": "t2v"}
     if two:  # diffusers: guidance_scale_2 defaults to guidance_scale
         defaults["boundary_ratio"] = float(index["boundary_ratio"])
         defaults.setdefault("guidance_scale_2", defaults["guidance_scale"])
@@ -339,7 +343,11 @@ def load_pipeline(path: str | os.PathLike, *, dtype=jnp.float32, text_encoder_dt
 
     stride = (vae.config.temporal_factor, vae.config.spatial_factor, vae.config.spatial_factor)
     encode_image = None
-    if index.get("_class_name") == I2V_PIPELINE:
+    if _is_set(index.get("expand_timesteps")):  # Wan2.2 TI2V: text-image-to-video, the image optional
+        encode_image = _first_frame_conditioner(vae, required=index.get("_class_name") == I2V_PIPELINE)
+        defaults["task"] = "ti2v"
+    elif index.get("_class_name") == I2V_PIPELINE:
+        defaults["task"] = "i2v"
         image_encoder = processor = None
         if clip:
             image_encoder = _component(root, "image_encoder",
@@ -356,7 +364,7 @@ def _image_conditioner(cfg, vae, image_encoder, processor):
     (FLF2V takes a first and a last image, Wan2.1 I2V one; Wan2.2 I2V either) and builds the conditioning."""
     flf2v = cfg.pos_embed_seq_len is not None
 
-    def encode_image(image, last_image, num_frames, height, width):
+    def encode_image(text, image, last_image, num_frames, height, width):
         if image is None:
             raise ValueError("this is an image-to-video model: pass image= (a path or a uint8 [H, W, 3] array), "
                              "the video's first frame")
@@ -365,10 +373,32 @@ def _image_conditioner(cfg, vae, image_encoder, processor):
         if cfg.has_image_branch and not flf2v and last_image is not None:
             raise ValueError("this Wan2.1 I2V model conditions on one image's CLIP states; last_image= needs a "
                              "first-last-frame (FLF2V) checkpoint")
-        return image_condition(image, last_image, num_frames=num_frames, height=height, width=width, vae=vae,
-                               encode_video=lambda v, video: v.encode(video)[0],
-                               normalize=lambda z: normalize_latents(z, vae.config), image_encoder=image_encoder,
-                               image_processor=processor, stride_t=vae.config.temporal_factor, flf2v=flf2v)
+        latent, clip = image_condition(image, last_image, num_frames=num_frames, height=height, width=width, vae=vae,
+                                       encode_video=lambda v, video: v.encode(video)[0],
+                                       normalize=lambda z: normalize_latents(z, vae.config),
+                                       image_encoder=image_encoder, image_processor=processor,
+                                       stride_t=vae.config.temporal_factor, flf2v=flf2v)
+        return VideoCondition(text, clip, latent)
+
+    return encode_image
+
+
+def _first_frame_conditioner(vae, *, required: bool):
+    """The Pipeline's ``encode_image`` for Wan2.2 TI2V (``expand_timesteps``): one image, the first frame; without
+    one (allowed unless ``required``: a WanImageToVideoPipeline folder) the run is text-to-video, the text alone
+    (diffusers' WanPipeline, whose per-token timesteps are then all ``t``)."""
+    def encode_image(text, image, last_image, num_frames, height, width):
+        if image is None and required:
+            raise ValueError("this is a Wan2.2 TI2V image-to-video folder: pass image= (the video's first frame)")
+        if image is None and last_image is None:
+            return text
+        if last_image is not None:
+            raise ValueError("Wan2.2 TI2V conditions on the first frame only; last_image= is not taken (diffusers "
+                             "ignores it): leave it unset")
+        latent = first_frame_latent(image, height=height, width=width, vae=vae,
+                                    encode_video=lambda v, video: v.encode(video)[0],
+                                    normalize=lambda z: normalize_latents(z, vae.config))
+        return FirstFrameCondition(text, latent)
 
     return encode_image
 
