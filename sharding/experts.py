@@ -20,7 +20,6 @@ the weight memory of one (a 14B expert in bfloat16 is 28 GB: 56 GB for the pair 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -98,8 +97,3 @@ def expert_guidance(experts: Experts, guidance: float) -> tuple[float, ...]:
     if len(experts.models) == 1:
         return (float(guidance),)
     return (float(guidance), float(guidance if experts.guidance_2 is None else experts.guidance_2))
-
-
-def used(which: Sequence[int]) -> tuple[int, ...]:
-    """The distinct expert indices of ``which``, in first-use order."""
-    return tuple(dict.fromkeys(int(e) for e in which))
