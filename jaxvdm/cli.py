@@ -107,6 +107,15 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     g.add_argument("--list-words", action="store_true", help="print the shipped model's words and caption grammar")
     g.add_argument("--model", default=None, metavar="PATH",
                    help="a diffusers Wan2.1 folder, or a retrained shapes .safetensors (default: the shipped model)")
+    g.add_argument("--image", default=None, metavar="PATH",
+                   help="an image-to-video folder's first frame (PNG/JPEG; resized to the video)")
+    g.add_argument("--last-image", default=None, metavar="PATH",
+                   help="a first-last-frame (FLF2V) folder's last frame (with --image)")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="a LoRA .safetensors merged into the --model folder's transformer at SCALE (default 1.0); "
+                        "repeatable")
+    g.add_argument("--lora-2", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="a LoRA merged into a Wan2.2 two-expert folder's low-noise expert (transformer_2); repeatable")
     s = g.add_argument_group("sampling (defaults: the model's; the shipped model's in brackets)")
     s.add_argument("--num-frames", type=int, metavar="N", help=f"video frames [{d['num_frames']}]")
     s.add_argument("--height", type=int, metavar="PX", help=f"height in pixels [{d['height']}]")
@@ -114,6 +123,9 @@ def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     s.add_argument("--steps", type=int, metavar="N", help=f"denoising steps [{d['steps']}]")
     s.add_argument("--guidance-scale", type=float, metavar="G",
                    help=f"classifier-free guidance; 1 turns it off [{d['guidance_scale']}]")
+    s.add_argument("--guidance-scale-2", type=float, metavar="G",
+                   help="a Wan2.2 A14B folder's guidance for its low-noise expert [the model's; with "
+                        "--guidance-scale: that value]")
     s.add_argument("--negative-prompt", metavar="TEXT", help="the unconditional prompt [the model's; shipped: empty]")
     s.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the initial noise, the same on every mesh (default: 0)")
     s.add_argument("--scheduler", choices=["unipc", "euler"], help=f"flow-matching solver [{d['scheduler']}]")
@@ -233,10 +245,12 @@ def _generate(args, opt_names) -> int:
     import jaxvdm
 
     mesh = _mesh(args.mesh)
+    if args.lora or args.lora_2:
+        args.model = _with_loras(args.model, args.lora, args.lora_2)
     options = {k: getattr(args, f"opt_{k}") for k in opt_names if getattr(args, f"opt_{k}") is not None}
-    kwargs = dict(model=args.model, mesh=mesh, strategy=args.strategy, num_frames=args.num_frames, height=args.height,
+    kwargs = dict(model=args.model, image=args.image, last_image=args.last_image, mesh=mesh, strategy=args.strategy, num_frames=args.num_frames, height=args.height,
                   width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
-                  negative_prompt=args.negative_prompt, seed=args.seed, scheduler=args.scheduler, shift=args.shift,
+                  guidance_scale_2=args.guidance_scale_2, negative_prompt=args.negative_prompt, seed=args.seed, scheduler=args.scheduler, shift=args.shift,
                   attention=args.attention, precision=args.precision, progress=args.progress,
                   profile_dir=args.profile_dir, dump_hlo=args.dump_hlo, **options)
     _validate_before_compute(kwargs)
@@ -254,6 +268,31 @@ def _generate(args, opt_names) -> int:
     return 0
 
 
+def _lora_arg(text: str, target: str) -> tuple[str, float, str]:
+    """``FILE[:SCALE]`` -> ``(FILE, SCALE, target)`` (scale 1.0 when absent); raises CLIError for a bad scale
+    or a missing file."""
+    file, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            file, scale = head, float(tail)
+        except ValueError:
+            file, scale = text, 1.0  # a colon in the path, no scale
+    if not Path(file).is_file():
+        raise CLIError(f"--lora {text!r}: no such file {file!r}; give FILE[:SCALE], e.g. --lora style.safetensors:0.8")
+    return file, scale, target
+
+
+def _with_loras(model, loras, loras_2):
+    """The --model folder loaded with its --lora / --lora-2 files merged (a Pipeline for generate)."""
+    if model is None or not Path(model).is_dir():
+        raise CLIError("--lora / --lora-2 merge into a diffusers Wan folder: give it with --model PATH")
+    from jaxvdm.models.wan.pipeline import load_pipeline
+
+    entries = [_lora_arg(t, "transformer") for t in loras] + [_lora_arg(t, "transformer_2") for t in loras_2]
+    return load_pipeline(model, lora=entries)  # a LoRA that does not fit is a ValueError: main reports it
+
+
 def _validate_before_compute(kwargs) -> None:
     """Loads the model and checks sizes and strategy (cheap) so errors come before denoising."""
     from jaxvdm.pipeline import get_pipeline
@@ -267,6 +306,13 @@ def _validate_before_compute(kwargs) -> None:
     steps = kwargs["steps"]
     if steps is not None and steps < 1:
         raise CLIError(f"--steps must be at least 1, got {steps}")
+    for flag, path in (("--image", kwargs.get("image")), ("--last-image", kwargs.get("last_image"))):
+        if path is not None and not Path(path).is_file():
+            raise CLIError(f"{flag} {path!r}: no such file; give the path of a PNG or JPEG image")
+    if pipe.encode_image is None and (kwargs.get("image") or kwargs.get("last_image")):
+        raise CLIError(f"model {pipe.name!r} is text-to-video: --image/--last-image need an image-to-video folder")
+    if pipe.encode_image is not None and not kwargs.get("image") and pipe.defaults.get("task") != "ti2v":
+        raise CLIError(f"model {pipe.name!r} is image-to-video: give its first frame with --image PATH")
 
 
 def _convert(args) -> int:

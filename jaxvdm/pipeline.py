@@ -81,6 +81,8 @@ def generate(
     prompt: str,
     *,
     model: str | os.PathLike | Pipeline | None = None,
+    image=None,
+    last_image=None,
     mesh: Mesh | None = None,
     strategy: str = "single",
     num_frames: int | None = None,
@@ -88,6 +90,7 @@ def generate(
     width: int | None = None,
     steps: int | None = None,
     guidance_scale: float | None = None,
+    guidance_scale_2: float | None = None,
     negative_prompt: str | None = None,
     seed: int = 0,
     latents=None,
@@ -109,11 +112,20 @@ def generate(
       prompt: the text (an empty string is a valid unconditional prompt).
       model: None for the shipped model; a diffusers Wan checkpoint folder; a retrained shapes weights file
         (``.safetensors``); or a :class:`Pipeline`.
+      image: an image-to-video model's first frame (a path, a PIL image or a uint8 ``[H, W, 3]`` array;
+        resized to the video with Lanczos as diffusers does); required by I2V models, optional for Wan2.2
+        TI2V (text-image-to-video: without it the run is text-to-video), refused by text-to-video ones.
+      last_image: a first-last-frame (FLF2V) model's last frame (Wan2.2 I2V also takes one).
       mesh: a ``jax.sharding.Mesh`` whose axes the strategy uses (None: one device).
       strategy: a strategy name or composition, e.g. ``"lp"``, ``"cfg+ulysses"`` (see
         ``jaxvdm.sharding.available_strategies()``).
       num_frames, height, width, steps, guidance_scale, negative_prompt, scheduler ("unipc"/"euler"),
         shift: default to the model's preset.
+      guidance_scale_2: a two-expert model's (Wan2.2 A14B) guidance for the low-noise expert
+        (``transformer_2``, the steps with ``t < boundary_ratio * num_train_timesteps``); default: the model's
+        when ``guidance_scale`` is not given either, else ``guidance_scale`` (diffusers' rule). Refused for a
+        one-transformer model. Guidance is on when ``guidance_scale > 1`` (as diffusers decides it). Both
+        experts' weights are resident on the devices for the whole run.
       seed: an integer in the signed 64-bit range; the initial noise is
         ``jax.random.normal(seed_key(seed), latent_shape)`` (``PRNGKey(seed)`` as 64-bit JAX builds it), the
         same on every mesh and every process.
@@ -153,6 +165,7 @@ def generate(
     shape = pipe.latent_shape(num_frames, height, width)  # SizeError for non-integers too (never truncated)
     num_frames, height, width = int(num_frames), int(height), int(width)
     steps = _check_int("steps", d["steps"] if steps is None else steps, minimum=1)
+    guidance_2 = _guidance_2(pipe, guidance_scale, guidance_scale_2)
     guidance_scale = _check_float("guidance_scale", d["guidance_scale"] if guidance_scale is None else guidance_scale)
     negative_prompt = d.get("negative_prompt", "") if negative_prompt is None else negative_prompt
     scheduler_name = scheduler or d.get("scheduler", "unipc")
@@ -169,6 +182,11 @@ def generate(
         raise ValueError("strategy 'cfg' splits the guidance pair, but guidance_scale <= 1 disables guidance; "
                          "use guidance_scale > 1 or drop 'cfg'")
     sched = make_scheduler(scheduler_name, steps, shift)
+    if pipe.transformer_2 is not None:  # Wan2.2 A14B: the sampler picks the expert of every step
+        from jaxvdm.sharding.experts import Experts
+
+        model = Experts((model, with_precision(pipe.transformer_2, precision, None)[0]),
+                        boundary=float(d["boundary_ratio"]) * sched.num_train_timesteps, guidance_2=guidance_2)
     cfg = pipe.transformer.config
     try:  # a lower bound of the memory one device's forward needs, before anything is compiled
         check_activations(plan.forward_tokens(plan, shape, cfg.patch_size, steps, model_defaults(pipe)),
@@ -186,6 +204,7 @@ def generate(
 
     t0 = time.perf_counter()
     context = _text_context(pipe, prompt, negative_prompt, with_cfg, prompt_embeds, negative_prompt_embeds)
+    context = _image_context(pipe, context, image, last_image, num_frames, height, width)
     t_text = time.perf_counter() - t0
 
     try:
@@ -201,7 +220,12 @@ def generate(
         raise MemoryError(f"ran out of device memory generating {num_frames}x{height}x{width} with strategy "
                           f"{plan.describe()}: use a smaller video or more devices "
                           f"({str(e).strip().splitlines()[0][:200]})") from None
+    from jaxvdm.models.wan.i2v import FirstFrameCondition, inject_first_frame
+
     out_np = _to_host(out)
+    if isinstance(context, FirstFrameCondition):  # Wan2.2 TI2V: the result's first frame is the image's
+        out_np = np.asarray(inject_first_frame(out_np, _to_host(context.latent)))
+        out = out_np
 
     t0 = time.perf_counter()
     frames = None
@@ -213,6 +237,7 @@ def generate(
         prompt=prompt, negative_prompt=negative_prompt if with_cfg else None, model=pipe.name, strategy=plan.describe(),
         strategy_options=dict(plan.options), precision=precision, num_frames=num_frames, height=height, width=width, steps=steps,
         guidance_scale=guidance_scale, scheduler=scheduler_name, shift=shift, seed=None if latents is not None else seed,
+        **({} if guidance_2 is None else dict(guidance_scale_2=guidance_2, boundary_ratio=d["boundary_ratio"])),
         timings=dict(text_s=t_text, **{k: v for k, v in timing.items() if isinstance(v, (int, float))},
                      decode_s=t_decode, total_s=time.perf_counter() - t_start),
     )
@@ -246,10 +271,26 @@ def with_precision(model, precision: str, attention: str | None):
         if key not in _FP8_MODELS or _FP8_MODELS[key][0] is not model:
             from jaxvdm.models.wan.fp8 import quantize_transformer
 
-            _FP8_MODELS.clear()
+            while len(_FP8_MODELS) >= 2:  # two: both experts of a Wan2.2 A14B model
+                _FP8_MODELS.pop(next(iter(_FP8_MODELS)))
             _FP8_MODELS[key] = (model, quantize_transformer(model))
         model = _FP8_MODELS[key][1]
     return model, "cudnn_fp8"
+
+
+def _guidance_2(pipe: Pipeline, guidance_scale, guidance_scale_2) -> float | None:
+    """The low-noise expert's guidance scale of a two-expert ``pipe`` (None for one transformer): the given
+    one, else ``guidance_scale`` when that is given, else the model's default. Raises ValueError for a
+    ``guidance_scale_2`` given to a one-transformer model."""
+    if pipe.transformer_2 is None:
+        if guidance_scale_2 is not None:
+            raise ValueError(f"guidance_scale_2 is the guidance of a second expert (Wan2.2 A14B's transformer_2), "
+                             f"but model {pipe.name!r} has one transformer; leave guidance_scale_2 unset")
+        return None
+    if guidance_scale_2 is None:
+        guidance_scale_2 = guidance_scale if guidance_scale is not None else pipe.defaults.get(
+            "guidance_scale_2", pipe.defaults["guidance_scale"])
+    return _check_float("guidance_scale_2", guidance_scale_2)
 
 
 def _is_out_of_memory(e: Exception) -> bool:
@@ -338,6 +379,18 @@ def _to_host(x) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _image_context(pipe: Pipeline, text, image, last_image, num_frames: int, height: int, width: int):
+    """``text`` for a text-to-video model; a :class:`~jaxvdm.models.wan.i2v.VideoCondition` (text, CLIP states,
+    conditioning latent) or ``FirstFrameCondition`` (Wan2.2 TI2V) for an image-to-video one. Raises ValueError for an image given to a text-to-video
+    model, or images that do not fit the I2V model (none, or a last image it cannot take)."""
+    if pipe.encode_image is None:
+        if image is not None or last_image is not None:
+            raise ValueError(f"model {pipe.name!r} is text-to-video and takes no image; load an image-to-video "
+                             f"checkpoint (Wan2.1 I2V / FLF2V, Wan2.2 I2V) for image= / last_image=")
+        return text
+    return pipe.encode_image(text, image, last_image, num_frames, height, width)
 
 
 def _text_context(pipe: Pipeline, prompt, negative_prompt, with_cfg, prompt_embeds, negative_prompt_embeds):

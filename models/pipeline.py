@@ -37,7 +37,12 @@ class Pipeline:
         (or None: :func:`generate` then returns latents only).
       vae_stride: (t, h, w) compression from pixels to latents (``F = stride_t*(T-1) + 1``).
       defaults: num_frames, height, width, steps, guidance_scale, flow_shift, scheduler, fps,
-        negative_prompt.
+        negative_prompt; with ``transformer_2`` also ``boundary_ratio`` and ``guidance_scale_2``.
+      transformer_2: Wan2.2 A14B's low-noise expert (None: one transformer). ``transformer`` then is the
+        high-noise expert, used while a step's timestep ``t >= boundary_ratio * num_train_timesteps``.
+      encode_image: image-to-video models only (None otherwise): ``(text, image, last_image, num_frames,
+        height, width) -> context``, the text states joined with the image conditioning the strategies
+        carry (:class:`jaxvdm.models.wan.i2v.VideoCondition` or, Wan2.2 TI2V, ``FirstFrameCondition``).
     """
 
     name: str
@@ -46,10 +51,15 @@ class Pipeline:
     decode: Callable[[jax.Array, Mesh | None], jax.Array] | None
     vae_stride: tuple[int, int, int]
     defaults: dict[str, Any]
+    transformer_2: WanTransformer | None = None
+    encode_image: Callable | None = None
 
     @property
     def latent_channels(self) -> int:
-        return self.transformer.config.in_channels
+        """The channels of the noise the sampler denoises: the transformer's ``out_channels`` (an I2V
+        transformer's ``in_channels`` add its conditioning); ``in_channels`` for a config without one."""
+        cfg = self.transformer.config
+        return getattr(cfg, "out_channels", cfg.in_channels)
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         """``(1, C, T, H, W)`` for a video size; raises SizeError naming the nearest valid size."""

@@ -42,7 +42,9 @@ from jax import lax
 from jaxvdm.models.wan.transformer.model import WanTransformer
 from jaxvdm.sharding import dualparal_pipeline
 from jaxvdm.sharding import dualparal_schedule as sched_lib
+from jaxvdm.models.wan.i2v import FirstFrameCondition, VideoCondition
 from jaxvdm.sharding import runtime
+from jaxvdm.sharding.experts import as_experts, expert_guidance, primary, step_experts
 from jaxvdm.sharding.dualparal_block import (Geometry, coordinated_noise, embed_window, empty_cache, geometry,
                                              stage_layers, update_block, window_head, window_layers)
 
@@ -58,9 +60,15 @@ def serial_oracle(model: WanTransformer, x0, ctx, guidance, scheduler, geo: Geom
     """The block-wise algorithm on one device: one forward after another, caches and context exact.
 
     ``x0 [1, Cch, total, h, w]`` is the initial latent video (coordinated noise already applied).
-    Returns ``(final latent video float32, {"compile_s", "denoise_s", "items"})``; the one item program
-    is compiled before the loop, so ``denoise_s`` is the loop alone.
+    ``model`` is one transformer or an :class:`~jaxvdm.sharding.experts.Experts`: item (k, d) runs on the
+    expert of step ``d`` with its guidance. Returns ``(final latent video float32, {"compile_s",
+    "denoise_s", "items"})``; the item program (one per used expert) is compiled before the loop, so
+    ``denoise_s`` is the loop alone.
     """
+    experts = as_experts(model)
+    which = step_experts(experts, scheduler)
+    guidances = expert_guidance(experts, guidance)
+    model = experts.models[0]
     graphdef, state = nnx.split(model)
 
     def item(state, x, sstate, k, d, ctx, g, ck, cv, read):
@@ -77,16 +85,19 @@ def serial_oracle(model: WanTransformer, x0, ctx, guidance, scheduler, geo: Geom
     ctx = jnp.asarray(ctx)
     sstate = scheduler.init(x)
     ck, cv = empty_cache(model, geo, ctx.shape[0])
-    g = jnp.float32(guidance)
+    gs = [jnp.float32(g) for g in guidances]
+    states = [state] + [nnx.split(m)[1] for m in experts.models[1:]]
     programs = runtime.Programs()
-    f = programs.get("item", "dualparal_oracle_item", lambda: jax.jit(item),
-                     (state, x, sstate, jnp.int32(0), jnp.int32(0), ctx, g, ck, cv, jnp.asarray(True)))
+    fs = {e: programs.get(("item", e), "dualparal_oracle_item", lambda: jax.jit(item),
+                          (states[e], x, sstate, jnp.int32(0), jnp.int32(0), ctx, gs[e], ck, cv, jnp.asarray(True)))
+          for e in dict.fromkeys(which)}
     order = sched_lib.serial_order(geo.num_blocks, scheduler.num_steps)
     t0 = time.perf_counter()
     with runtime.progress_bar(len(order), "dualparal (serial)", progress, unit="block-step") as bar:
         for it in order:
-            x, sstate, ck, cv = f(state, x, sstate, jnp.int32(it.k), jnp.int32(it.d), ctx, g, ck, cv,
-                                  jnp.asarray(it.has_successor_context))
+            e = which[it.d]
+            x, sstate, ck, cv = fs[e](states[e], x, sstate, jnp.int32(it.k), jnp.int32(it.d), ctx, gs[e], ck, cv,
+                                      jnp.asarray(it.has_successor_context))
             bar.done(1, x)
         x.block_until_ready()
     return x, {"compile_s": programs.seconds, "denoise_s": time.perf_counter() - t0, "items": len(order),
@@ -101,7 +112,7 @@ def run_geometry(model: WanTransformer, plan, latent_shape, defaults=None) -> Ge
     error messages in video frames. Raises ValueError naming valid frame counts."""
     b, c = _blocks(plan, defaults)
     stride_t = int(dict(defaults or {}).get("vae_stride", (4, 8, 8))[0])
-    return geometry(latent_shape, model.config.patch_size, b, c, vae_stride_t=stride_t)
+    return geometry(latent_shape, primary(model).config.patch_size, b, c, vae_stride_t=stride_t)
 
 
 def noise_seed(noise, geo: Geometry) -> int:
@@ -135,8 +146,12 @@ def sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention=
 
     The coordinated noise's per-block permutations are drawn from ``seed`` (the user's seed; without
     one, from the noise itself, :func:`noise_seed`), so the same seed gives the same video on every
-    mesh and different seeds different permutations. Returns ``(latents, timings)``; the pipelined run
-    adds ``bubble_ratio`` and ``slots``."""
+    mesh and different seeds different permutations. ``model``: one transformer or an
+    :class:`~jaxvdm.sharding.experts.Experts` (every block-step on its own step's expert, both resident).
+    Returns ``(latents, timings)``; the pipelined run adds ``bubble_ratio`` and ``slots``."""
+    if isinstance(context, (VideoCondition, FirstFrameCondition)):
+        raise ValueError("dualparal does not run image-to-video yet (its block windows do not carry the image "
+                         "conditioning); use single, cfg, ulysses, ring, fsdp, lp or parastep for --image")
     geo = run_geometry(model, plan, noise.shape, defaults)
     x0 = coordinated_noise(jnp.asarray(noise, jnp.float32), geo, noise_seed(noise, geo) if seed is None else seed)
     if mesh is None or plan.size(plan.loop_axis) == 1 and not plan.cfg_axis:
@@ -157,6 +172,7 @@ def pipeline_program(model, plan, mesh, latent_shape, text_shape, scheduler, *, 
 
     if mesh is None:
         raise ValueError("the pipelined DualParal program needs a mesh with a 'stage' axis")
+    model = primary(model)  # both experts of an Experts have one architecture: one cost
     geo = run_geometry(model, plan, latent_shape, defaults)
     f, schedule, arrays, state, specs = dualparal_pipeline.build(model, plan, mesh, geo, scheduler,
                                                                  with_cfg=text_shape[0] == 2, attention=attention)

@@ -34,6 +34,7 @@ from jaxvdm.models.wan.transformer.model import is_block_path, unpatchify
 from jaxvdm.sharding import dualparal_block as dp
 from jaxvdm.sharding import dualparal_schedule as sched_lib
 from jaxvdm.sharding import runtime
+from jaxvdm.sharding.experts import as_experts, expert_guidance, primary, step_experts
 from jaxvdm.sharding.mesh import place
 from jaxvdm.sharding.predict import guide, shard_map
 
@@ -85,16 +86,26 @@ def _both(a, b):
     return a & b
 
 
-def _slot_compute(m, geo, scheduler, ctx, g, layer_valid, carry, row, *, stage, first, last, cfg_axis, with_cfg,
-                  attention):
+def _by_expert(e, branches):
+    """``branches[e]()``: a plain call for one expert, ``lax.switch`` on the traced index for more."""
+    if len(branches) == 1:
+        return branches[0]()
+    return lax.switch(e, branches)
+
+
+def _slot_compute(ms, geo, scheduler, ctx, gs, layer_valid, carry, row, *, stage, first, last, cfg_axis, with_cfg,
+                  attention, experts_of_step=None):
     """One stage's work in one slot, before the exchange: returns ``(h, v_own, v_front, ck, cv, x, sstate)``.
 
-    ``stage`` indexes the schedule rows; ``first``/``last`` say whether this is stage 0 / the last stage
-    (Python bools for a fixed stage, traced for the SPMD program)."""
-    cfg = m.config
+    ``ms``/``gs``: the experts' models (this stage's share) and guidance scales; ``experts_of_step [T]``
+    the expert index of each step (None with one expert): the item's embedding, layers and head run on
+    the expert of the item's own step. ``stage`` indexes the schedule rows; ``first``/``last`` say whether
+    this is stage 0 / the last stage (Python bools for a fixed stage, traced for the SPMD program)."""
+    cfg = ms[0].config
     hidden, pred_own, pred_front, ck, cv, x, sstate = carry
     ik, id_ = row["item_k"][stage], row["item_d"][stage]
     iv, ird = row["item_valid"][stage], row["item_read"][stage]
+    e = 0 if experts_of_step is None else experts_of_step[id_]
 
     def apply_arrival():
         v = jnp.concatenate([pred_front, pred_own], axis=2) if geo.C > 0 else pred_own
@@ -105,12 +116,13 @@ def _slot_compute(m, geo, scheduler, ctx, g, layer_valid, carry, row, *, stage, 
 
     def embed():
         xw = lax.dynamic_slice_in_dim(x, geo.start(ik), geo.window, axis=2)
-        return dp.embed_window(m, xw, ctx).astype(hidden.dtype)
+        return _by_expert(e, [lambda m=m: dp.embed_window(m, xw, ctx).astype(hidden.dtype) for m in ms])
 
     h = _when(first, embed, lambda: hidden)
     t = scheduler.timestep(id_)
     with jax.named_scope("dualparal_stage"):
-        out = dp.window_layers(m, h, t, ctx, geo, (ck, cv), ird, attention=attention, layer_valid=layer_valid)
+        out = _by_expert(e, [lambda m=m: dp.window_layers(m, h, t, ctx, geo, (ck, cv), ird, attention=attention,
+                                                          layer_valid=layer_valid) for m in ms])
         if geo.C > 0:
             h, (nk, nv) = out
             ck, cv = jnp.where(iv, nk, ck), jnp.where(iv, nv, cv)
@@ -118,11 +130,15 @@ def _slot_compute(m, geo, scheduler, ctx, g, layer_valid, carry, row, *, stage, 
             h = out[0]
 
     def head():
-        temb, _, _ = m.embed_condition(jnp.full((h.shape[0],), t, jnp.float32), ctx)
-        v = unpatchify(m.head_tokens(h, temb), geo.grid, cfg.patch_size, cfg.out_channels)
-        if with_cfg:
-            both = lax.all_gather(v, cfg_axis, axis=0, tiled=True) if cfg_axis else v
-            v = guide(both[0:1], both[1:2], g)
+        def expert_head(m, g):
+            temb, _, _ = m.embed_condition(jnp.full((h.shape[0],), t, jnp.float32), ctx)
+            v = unpatchify(m.head_tokens(h, temb), geo.grid, cfg.patch_size, cfg.out_channels)
+            if with_cfg:
+                both = lax.all_gather(v, cfg_axis, axis=0, tiled=True) if cfg_axis else v
+                v = guide(both[0:1], both[1:2], g)
+            return v
+
+        v = _by_expert(e, [lambda m=m, g=g: expert_head(m, g) for m, g in zip(ms, gs)])
         return v[:, :, geo.C:], v[:, :, :geo.C]
 
     v_own, v_front = _when(last, head, lambda: (jnp.zeros_like(pred_own), jnp.zeros_like(pred_front)))
@@ -142,32 +158,46 @@ def _initial_carry(m, geo, x, batch: int, n_layers: int, scheduler):
 def build(model, plan, mesh, geo, scheduler, *, with_cfg: bool, attention=None):
     """The jitted pipelined run and the host schedule; returns ``(fn, schedule, arrays, stage_state, specs)``.
 
-    ``fn(params, x0, ctx, guidance, arrays) -> final latent video`` (replicated).
+    ``fn(params, x0, ctx, guidance, arrays) -> final latent video`` (replicated). ``model`` is one
+    transformer (``params`` its stage state, ``guidance`` a scalar) or an
+    :class:`~jaxvdm.sharding.experts.Experts` of two (``params`` and ``guidance`` are then tuples, one
+    entry per expert): both experts' stage shares are resident, and every item runs on the expert of its
+    own step (a table ``[T]`` indexed by the item's step inside the program).
     """
-    cfg = model.config
+    experts = as_experts(model)
+    multi = len(experts.models) > 1
+    cfg = experts.config
     axis = plan.loop_axis
     n = plan.size(axis)
     dp.stage_layers(cfg.num_layers, n)  # validates
     schedule = sched_lib.pipeline_schedule(geo.num_blocks, scheduler.num_steps, n)
     arrays = sched_lib.as_arrays(schedule)
-    graphdef, state = nnx.split(model)
-    state, valid = stacked_stage_params(state, cfg.num_layers, n)
-    specs = _specs(state, axis)
+    graphdefs, states = [], []
+    for m in experts.models:
+        graphdef, state = nnx.split(m)
+        state, valid = stacked_stage_params(state, cfg.num_layers, n)
+        graphdefs.append(graphdef)
+        states.append(state)
+    state = tuple(states) if multi else states[0]
+    specs = tuple(_specs(st, axis) for st in states) if multi else _specs(state, axis)
+    table = np.asarray(step_experts(experts, scheduler), np.int32) if multi else None
     cfg_axis = plan.cfg_axis if with_cfg else None
     batch = 1 if cfg_axis else (2 if with_cfg else 1)
     to_next = [(i, i + 1) for i in range(n - 1)]
 
     def body(params, x, ctx, g, xs):
         s = lax.axis_index(axis)
-        m = nnx.merge(graphdef, params)
+        ms = [nnx.merge(gd, p) for gd, p in zip(graphdefs, params if multi else (params,))]
+        gs = g if multi else (g,)
         if cfg_axis:
             ctx = lax.dynamic_slice_in_dim(ctx, lax.axis_index(cfg_axis), 1, axis=0)
         layer_valid = jnp.asarray(valid)[s]
+        experts_of_step = None if table is None else jnp.asarray(table)
 
         def slot(carry, row):
             h, v_own, v_front, ck, cv, x, sstate = _slot_compute(
-                m, geo, scheduler, ctx, g, layer_valid, carry, row, stage=s, first=s == 0, last=s == n - 1,
-                cfg_axis=cfg_axis, with_cfg=with_cfg, attention=attention)
+                ms, geo, scheduler, ctx, gs, layer_valid, carry, row, stage=s, first=s == 0, last=s == n - 1,
+                cfg_axis=cfg_axis, with_cfg=with_cfg, attention=attention, experts_of_step=experts_of_step)
             pred_front = carry[2]
             with jax.named_scope("dualparal_exchange"):
                 if n > 1:
@@ -179,11 +209,12 @@ def build(model, plan, mesh, geo, scheduler, *, with_cfg: bool, attention=None):
                                            lambda: pred_front)
             return (h, v_own, v_front, ck, cv, x, sstate), None
 
-        carry, _ = lax.scan(slot, _initial_carry(m, geo, x, batch, valid.shape[1], scheduler), xs)
+        carry, _ = lax.scan(slot, _initial_carry(ms[0], geo, x, batch, valid.shape[1], scheduler), xs)
         # only stage 0 holds the latents; one psum at the very end replicates them (adding exact zeros)
         return lax.psum(jnp.where(s == 0, carry[5], 0.0), axis)
 
-    f = jax.jit(shard_map(body, mesh=mesh, in_specs=(specs, P(), P(), P(), P()), out_specs=P()))
+    gspec = tuple(P() for _ in experts.models) if multi else P()
+    f = jax.jit(shard_map(body, mesh=mesh, in_specs=(specs, P(), P(), gspec, P()), out_specs=P()))
     return f, schedule, arrays, state, specs
 
 
@@ -194,6 +225,7 @@ def stage_flops(model, plan, geo, scheduler, *, with_cfg: bool = True, attention
     arrival update and the embedding, the last stage the head and guidance. Plans without a ``cfg`` axis."""
     if plan.cfg_axis:
         raise ValueError("stage_flops compiles each stage on one device: give a plan without a cfg axis")
+    model = primary(model)
     cfg = model.config
     n = plan.size(plan.loop_axis)
     arrays = sched_lib.as_arrays(sched_lib.pipeline_schedule(geo.num_blocks, scheduler.num_steps, n))
@@ -215,7 +247,7 @@ def stage_flops(model, plan, geo, scheduler, *, with_cfg: bool = True, attention
         def slot(params, x, ctx, g, row, stage=stage):
             m = nnx.merge(graphdef, params)
             carry = _initial_carry(m, geo, x, batch, lmax, scheduler)
-            return _slot_compute(m, geo, scheduler, ctx, g, jnp.asarray(valid[stage]), carry, row, stage=stage,
+            return _slot_compute((m,), geo, scheduler, ctx, (g,), jnp.asarray(valid[stage]), carry, row, stage=stage,
                                  first=stage == 0, last=stage == n - 1, cfg_axis=None, with_cfg=with_cfg,
                                  attention=attention)
 
@@ -226,11 +258,15 @@ def stage_flops(model, plan, geo, scheduler, *, with_cfg: bool = True, attention
 
 
 def run(model, plan, mesh, x0, context, guidance, scheduler, geo, *, attention=None):
-    """The pipelined DualParal run; returns ``(latent video, timings)``."""
+    """The pipelined DualParal run; returns ``(latent video, timings)``. ``model``: one transformer or an
+    :class:`~jaxvdm.sharding.experts.Experts` (each item on its own step's expert, with its guidance)."""
     ctx_full = jnp.asarray(context, jnp.float32)
     f, schedule, arrays, state, specs = build(model, plan, mesh, geo, scheduler, with_cfg=ctx_full.shape[0] == 2,
                                               attention=attention)
-    args = (place(state, mesh, specs), place(x0, mesh), place(ctx_full, mesh), place(jnp.float32(guidance), mesh),
+    experts = as_experts(model)
+    gs = tuple(jnp.float32(g) for g in expert_guidance(experts, guidance))
+    args = (place(state, mesh, specs), place(x0, mesh), place(ctx_full, mesh),
+            place(gs if len(gs) > 1 else gs[0], mesh),
             place({k: jnp.asarray(v) for k, v in arrays.items()}, mesh))
     programs = runtime.Programs(mesh)
     compiled = programs.get("run", f"dualparal_{plan.describe()}", lambda: f, args)

@@ -45,6 +45,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from jaxvdm.sharding import runtime, sampling
+from jaxvdm.sharding.experts import as_experts, expert_guidance, primary, step_experts
 from jaxvdm.sharding.plan import Plan
 from jaxvdm.sharding.predict import LPWindow, guided_prediction, shard_map
 
@@ -112,36 +113,39 @@ def round_windows(windows, s: int, n: int) -> tuple[LPWindow | None, ...]:
     return tuple(windows[min(s + j, last)] for j in range(n))
 
 
-def _predict_for_position(model, xh, t, ctx, g, j, lps, plan, attention, dims):
-    """Device ``j``'s guided prediction with its own step's partition ``lps[j]``: one branch per distinct
-    partition, chosen by ``j`` (every device of an ``lp`` group shares ``j``, so its collectives match)."""
-    keys = [None if lp is None else lp.key() for lp in lps]
+def _predict_for_position(models, xh, t, ctx, gs, j, lps, exps, plan, attention, dims):
+    """Device ``j``'s guided prediction with its own step's partition ``lps[j]`` and its own step's expert
+    ``models[exps[j]]`` (guidance ``gs[exps[j]]``): one branch per distinct (expert, partition), chosen by
+    ``j`` (every device of an ``lp`` group shares ``j``, so its collectives match)."""
+    keys = [(e, None if lp is None else lp.key()) for e, lp in zip(exps, lps)]
     distinct = list(dict.fromkeys(keys))
 
-    def branch(lp):
-        return lambda xh, t: guided_prediction(model, xh, t, ctx, g, plan=plan, lp=lp, attention=attention,
+    def branch(pos):
+        e, lp = exps[pos], lps[pos]
+        return lambda xh, t: guided_prediction(models[e], xh, t, ctx, gs[e], plan=plan, lp=lp, attention=attention,
                                                dims=dims)
 
     if len(distinct) == 1:
-        return branch(lps[0])(xh, t)
+        return branch(0)(xh, t)
     which = jnp.asarray([distinct.index(k) for k in keys], jnp.int32)[j]
-    return lax.switch(which, [branch(lps[keys.index(k)]) for k in distinct], xh, t)
+    return lax.switch(which, [branch(keys.index(k)) for k in distinct], xh, t)
 
 
-def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lps, attention, dims):
+def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lps, exps, attention, dims):
     axis = plan.loop_axis
     last = scheduler.num_steps - 1
 
     def body(params, x, sstate, cache, s, ctx, g):
         n = lax.axis_size(axis)
         j = lax.axis_index(axis)
-        model = nnx.merge(graphdef, params)
+        models = [nnx.merge(graphdef, p) for p in params]  # one per expert
         with jax.named_scope("parastep_reuse"):
             xh = _reuse(scheduler, cache[0], x, sstate, s, j, n_pos)
         i = jnp.minimum(s + j, last)
 
         def predict():
-            return _predict_for_position(model, xh, scheduler.timestep(i), ctx, g, j, lps, plan, attention, dims)
+            return _predict_for_position(models, xh, scheduler.timestep(i), ctx, g, j, lps, exps, plan, attention,
+                                         dims)
 
         if n_pos < n:  # a short last round: devices past its positions have no step and skip the model call
             o = lax.cond(j < n_pos, lambda: predict().astype(jnp.float32), lambda: jnp.zeros(x.shape, jnp.float32))
@@ -158,66 +162,81 @@ def _round_body(graphdef, plan: Plan, scheduler, n_pos: int, policy: str, lps, a
     return body
 
 
-def _round_fn(den: sampling.Denoiser, scheduler, n_pos: int, lps):
+def _round_fn(dens, scheduler, n_pos: int, lps, exps=None):
     """The shard_mapped round ``(params, x, sstate, cache [N, ...], s, ctx, g) -> (x, sstate, cache)``;
-    ``lps`` is each position's partition (:func:`round_windows`)."""
+    ``params`` and ``g`` are tuples, one entry per expert (``dens``: their Denoisers, one config); ``lps``
+    is each position's partition (:func:`round_windows`), ``exps`` each position's expert (default all 0)."""
+    den = dens[0]
     plan = den.plan
-    body = _round_body(den.graphdef, plan, scheduler, n_pos, plan.option("cache"), lps, den.attention, den.dims)
-    return shard_map(body, mesh=den.mesh, in_specs=(den.specs, P(), P(), P(plan.loop_axis), P(), P(), P()),
+    exps = (0,) * len(lps) if exps is None else tuple(exps)
+    body = _round_body(den.graphdef, plan, scheduler, n_pos, plan.option("cache"), lps, exps, den.attention, den.dims)
+    specs = tuple(d.specs for d in dens)
+    gspec = tuple(P() for _ in dens)
+    return shard_map(body, mesh=den.mesh, in_specs=(specs, P(), P(), P(plan.loop_axis), P(), P(), gspec),
                      out_specs=(P(), P(), P(plan.loop_axis)))
 
 
 def sample(model, plan: Plan, mesh, noise, context, guidance: float, scheduler, *, attention=None, progress=None,
            defaults=None, seed=None):
-    """Runs ParaStep on ``mesh``. Returns ``(latents, timings)`` like the exact loop, plus call counts."""
+    """Runs ParaStep on ``mesh``. Returns ``(latents, timings)`` like the exact loop, plus call counts.
+
+    ``model``: one transformer or an :class:`~jaxvdm.sharding.experts.Experts`; every evaluation (warm-up
+    step or round position) uses the expert and guidance of its own step, also in a round that straddles
+    the boundary (both experts' weights stay placed)."""
     n = plan.size(plan.loop_axis)
     warmup, policy = plan.option("warmup"), plan.option("cache")
     T = scheduler.num_steps
     validate(T, warmup, n, policy)
     warmup = int(warmup)
-    den = sampling.placed(model, plan, mesh, attention)
+    experts = as_experts(model)
+    which, guidances = step_experts(experts, scheduler), expert_guidance(experts, guidance)
+    dens = tuple(sampling.placed(m, plan, mesh, attention) for m in experts.models)
+    den = dens[0]
     if mesh is None:  # N = 1: every round is one step evaluated where it stands, i.e. the serial loop
-        x, timing = den.sample(noise, context, guidance, scheduler, progress=progress)
+        x, timing = sampling.denoise(dens, which, noise, context, guidances, scheduler, progress=progress)
         return x, {**timing, "sequential_model_calls": T, "total_model_calls": T}
     windows = den.windows(noise.shape, T)
-    x, ctx, g, sstate = runtime.place_inputs(mesh, noise, context, guidance, scheduler)
+    x, ctx, g0, sstate = runtime.place_inputs(mesh, noise, context, guidances[0], scheduler)
+    gs = (g0,) + tuple(den.place(jnp.float32(g)) for g in guidances[1:])
+    states = tuple(d.state for d in dens)
     programs = runtime.Programs(mesh)
     name = plan.describe()
 
-    def warm_fn(lp):
-        predict = den.predict_fn(lp)
+    def warm_fn(lp, e):
+        predict = dens[e].predict_fn(lp)
 
         def warm(params, x, sstate, i, ctx, g):
             v = predict(params, x, scheduler.timestep(i), ctx, g)
             x, sstate = scheduler.step(sstate, v, x, i)
             return x, sstate, v
 
-        return programs.get(("warm", None if lp is None else lp.key()), f"parastep_warmup_{name}",
-                            lambda: jax.jit(warm), (den.state, x, sstate, jnp.int32(0), ctx, g))
+        return programs.get(("warm", e, None if lp is None else lp.key()), f"parastep_warmup_{name}",
+                            lambda: jax.jit(warm), (dens[e].state, x, sstate, jnp.int32(0), ctx, gs[e]))
 
     cache_sharding = jax.sharding.NamedSharding(mesh, P(plan.loop_axis))
     cache_shape = (n,) + tuple(noise.shape)
     cache_abs = jax.ShapeDtypeStruct(cache_shape, jnp.float32, sharding=cache_sharding)
 
-    def round_fn(n_pos, lps):
-        key = ("round", n_pos, tuple(None if lp is None else lp.key() for lp in lps))
-        return programs.get(key, f"parastep_round{n_pos}_{name}", lambda: jax.jit(_round_fn(den, scheduler, n_pos, lps)),
-                            (den.state, x, sstate, cache_abs, jnp.int32(0), ctx, g))
+    def round_fn(n_pos, lps, exps):
+        key = ("round", n_pos, tuple(None if lp is None else lp.key() for lp in lps), exps)
+        return programs.get(key, f"parastep_round{n_pos}_{name}",
+                            lambda: jax.jit(_round_fn(dens, scheduler, n_pos, lps, exps)),
+                            (states, x, sstate, cache_abs, jnp.int32(0), ctx, gs))
 
     plan_rounds = rounds(T, warmup, n)
-    warm_fns = [warm_fn(windows[i]) for i in range(warmup)]
-    round_fns = [round_fn(n_pos, round_windows(windows, s, n)) for s, n_pos in plan_rounds]
+    warm_fns = [warm_fn(windows[i], which[i]) for i in range(warmup)]
+    round_fns = [round_fn(n_pos, round_windows(windows, s, n), round_windows(which, s, n)) for s, n_pos in plan_rounds]
     compile_s = programs.seconds
 
     t0 = time.perf_counter()
     with runtime.progress_bar(T, f"denoise [{name}]", progress) as bar:
         v = None
         for i, fn in enumerate(warm_fns):
-            x, sstate, v = fn(den.state, x, sstate, jnp.int32(i), ctx, g)
+            x, sstate, v = fn(dens[which[i]].state, x, sstate, jnp.int32(i), ctx, gs[which[i]])
             bar.done(1, x)
         cache = jax.device_put(jnp.broadcast_to(v, cache_shape), cache_sharding)
         for (s, n_pos), fn in zip(plan_rounds, round_fns):
-            x, sstate, cache = fn(den.state, x, sstate, cache, jnp.int32(s), ctx, g)
+            x, sstate, cache = fn(states, x, sstate, cache, jnp.int32(s), ctx, gs)
             bar.done(n_pos, x)
         x.block_until_ready()
     seq, total = warmup + len(plan_rounds), warmup * n + sum(n_pos for _, n_pos in plan_rounds)
@@ -234,7 +253,7 @@ def round_program(model, plan: Plan, mesh, latent_shape, text_shape, scheduler, 
     validate(scheduler.num_steps, plan.option("warmup"), n, plan.option("cache"))
     if mesh is None:
         raise ValueError("a ParaStep round program needs a mesh with a 'step' axis")
-    den = sampling.placed(model, plan, mesh, attention)
+    den = sampling.placed(primary(model), plan, mesh, attention)
     s = int(plan.option("warmup")) if step is None else step
     lps = round_windows(den.windows(latent_shape, scheduler.num_steps), s, n)
     x = jax.ShapeDtypeStruct(tuple(latent_shape), jnp.float32)
@@ -242,8 +261,8 @@ def round_program(model, plan: Plan, mesh, latent_shape, text_shape, scheduler, 
     cache = jax.ShapeDtypeStruct((n,) + tuple(latent_shape), jnp.float32,
                                  sharding=jax.sharding.NamedSharding(mesh, P(plan.loop_axis)))
     rest = sampling.abstract_like((jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct(tuple(text_shape),
-                                   jnp.float32), jax.ShapeDtypeStruct((), jnp.float32)), mesh)
-    compiled = jax.jit(_round_fn(den, scheduler, n, lps)).lower(den.state, *args, cache, *rest).compile()
+                                   jnp.float32), (jax.ShapeDtypeStruct((), jnp.float32),)), mesh)
+    compiled = jax.jit(_round_fn((den,), scheduler, n, lps)).lower((den.state,), *args, cache, *rest).compile()
     n_rounds = len(rounds(scheduler.num_steps, int(plan.option("warmup")), n))
     return sampling.Program(name=f"round of {n} steps", compiled=compiled, runs=n_rounds)
 

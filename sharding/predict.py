@@ -19,6 +19,8 @@ with other tokens, positions and attention functions.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -26,6 +28,7 @@ from jax import lax
 
 from jaxvdm.models.wan import rope as rope_lib
 from jaxvdm.models.wan.attention import cross_attention_backend, get_attention, get_attention_with_lse
+from jaxvdm.models.wan.i2v import FirstFrameCondition, VideoCondition, text_of
 from jaxvdm.models.wan.transformer.model import Conditioning, WanTransformer, is_block_path, unpatchify
 from jaxvdm.sharding import fsdp as fsdp_lib
 from jaxvdm.sharding import lp as lp_lib
@@ -100,11 +103,13 @@ def forward_tokens(plan: Plan, latent_shape, patch, num_steps: int, defaults=Non
 
 
 def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0, 0), attention: str | None = None,
-                  dims=None, lp_tokens: bool = False):
+                  dims=None, lp_tokens: bool = False, image=None):
     """The transformer on ``x [b, C, T, H, W]`` with tokens split over the plan's sequence axes.
 
     Per-device code. ``t [b]``, ``ctx [b, L, text_dim]``; ``offset`` is the token offset of ``x`` in
-    the full video. ``lp_tokens``: also split the tokens over the ``lp`` axis, with Ulysses attention
+    the full video; ``t`` may be ``[b, S]`` per token (Wan2.2 TI2V), split over the sequence axes like the
+    tokens; ``image [b, Li, image_dim]`` the CLIP states of an I2V model (None otherwise; every
+    device holds them whole, like the text). ``lp_tokens``: also split the tokens over the ``lp`` axis, with Ulysses attention
     over it (the exact full-latent step of an LP schedule: every device works on the whole video's
     step, none repeats another's work). Returns the velocity ``[b, C, T, H, W]`` float32, replicated
     over the sequence axes.
@@ -112,10 +117,12 @@ def model_forward(model: WanTransformer, x, t, ctx, *, plan: Plan, offset=(0, 0,
     cfg = model.config
     grid = cfg.token_grid(x.shape[2:])
     tokens = model.embed_tokens(x)
-    temb, tproj, context = model.embed_condition(t, ctx)
     positions = rope_lib.grid_positions(grid, offset)
     lp_axis = plan.lp_axis if lp_tokens and plan.size(plan.lp_axis) > 1 else None
     seq_axes = tuple(a for a in (plan.fsdp_axis, plan.sp_axis, lp_axis) if a)  # slowest first
+    if t.ndim == 2 and seq_axes:  # per-token timesteps (Wan2.2 TI2V) are split exactly like the tokens
+        t = sequence.shard_tokens(t, seq_axes, axis=1)
+    temb, tproj, context = model.embed_condition(t, ctx, image)
     s = tokens.shape[1]
     local = get_attention(attention)
     attn = local
@@ -147,7 +154,13 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
     """The guided velocity for the full latent ``x [1, C, T, H, W]`` at timestep ``t`` (scalar).
 
     Per-device code. ``ctx`` is ``[2, L, text_dim]`` (cond, uncond) with guidance, or ``[1, L, ·]``
-    without; ``guidance`` a float32 scalar; ``lp`` this step's partition (required with an ``lp`` axis:
+    without, or an image-to-video :class:`~jaxvdm.models.wan.i2v.VideoCondition` holding that text, the
+    CLIP states (or None) and the conditioning latent ``[1, Cy, T, H, W]``: the latent is cut with the
+    same LP window as ``x`` and joined to it on the channels (``x ‖ latent``, the model's input), the
+    CLIP states go to every forward of the pair; or a Wan2.2 TI2V
+    :class:`~jaxvdm.models.wan.i2v.FirstFrameCondition`: the window's frames at global latent frame 0 are
+    replaced by the image latent and their tokens get timestep 0 (diffusers' ``expand_timesteps``);
+    ``guidance`` a float32 scalar; ``lp`` this step's partition (required with an ``lp`` axis:
     see :func:`step_windows`); ``dims`` the fsdp shard dims (:func:`block_dims`). Returns
     ``[1, C, T, H, W]`` float32, identical on every device of the mesh.
     """
@@ -157,15 +170,30 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
     patch = model.config.patch_size
     lp_on = lp is not None and lp.axis is not None
     lp_full = lp is not None and lp.axis is None and plan.size(plan.lp_axis) > 1
+    cond = ctx.latent if isinstance(ctx, VideoCondition) else None
+    image = ctx.image if isinstance(ctx, VideoCondition) else None
+    first = ctx.latent if isinstance(ctx, FirstFrameCondition) else None
+    ctx = text_of(ctx)
     if lp_on:
         with jax.named_scope("lp_window"):
             k = lax.axis_index(plan.lp_axis)
             start = jnp.asarray(lp.starts, jnp.int32)[k]
             xw = lax.dynamic_slice_in_dim(x, start, lp.length, axis=lp.axis)
+            if cond is not None:
+                cond = lax.dynamic_slice_in_dim(cond, start, lp.length, axis=lp.axis)
+            if first is not None and lp.axis != 2:  # one latent frame: cut only along H or W
+                first = lax.dynamic_slice_in_dim(first, start, lp.length, axis=lp.axis)
             offset = [0, 0, 0]
             offset[lp.axis - 2] = start // patch[lp.axis - 2]
     else:
         xw, offset = x, [0, 0, 0]
+    if cond is not None:  # the I2V input: noise ‖ mask ‖ conditioning latent
+        xw = jnp.concatenate([xw, cond.astype(xw.dtype)], axis=1)
+    frame0 = None
+    if first is not None:  # Wan2.2 TI2V: the video's first latent frame is the image's, at timestep 0
+        t0 = offset[0] * patch[0] if lp_on and lp.axis == 2 else 0
+        frame0 = (jnp.arange(xw.shape[2]) + t0) == 0
+        xw = jnp.where(frame0[None, None, :, None, None], first.astype(xw.dtype), xw)
 
     with_cfg = ctx.shape[0] == 2
     if with_cfg and plan.cfg_axis:
@@ -176,9 +204,15 @@ def guided_prediction(model: WanTransformer, x, t, ctx, guidance, *, plan: Plan,
     else:
         ctx_b, xb = ctx, xw
     tb = jnp.full((xb.shape[0],), t, jnp.float32)
+    if frame0 is not None:
+        grid = model.config.token_grid(xw.shape[2:])
+        per_frame = jnp.where(frame0[:: patch[0]], 0.0, t).astype(jnp.float32)  # [T'] (temporal patch 1 for Wan)
+        tb = jnp.broadcast_to(jnp.repeat(per_frame, grid[1] * grid[2])[None], (xb.shape[0], math.prod(grid)))
+    if image is not None:
+        image = jnp.broadcast_to(image, (xb.shape[0],) + image.shape[1:])
     with jax.named_scope("model_forward"):
         v = model_forward(model, xb, tb, ctx_b, plan=plan, offset=tuple(offset), attention=attention, dims=dims,
-                          lp_tokens=lp_full)
+                          lp_tokens=lp_full, image=image)
 
     if with_cfg:
         with jax.named_scope("cfg_combine"):

@@ -40,6 +40,8 @@ class StrategySpec:
     fixed_size: the axis size it requires, if any.
     sample: ``sample(model, plan, mesh, noise, context, guidance, scheduler, *, attention, progress, defaults)
       -> (latents, timings)``; predict transforms share the one-device loop (:func:`sampling.sample`).
+      ``model`` is one transformer or an :class:`~jaxvdm.sharding.experts.Experts` (Wan2.2 A14B: every
+      evaluation on the expert of its own step, with that expert's guidance; ``guidance`` is expert 0's).
     program: ``program(model, plan, mesh, latent_shape, text_shape, scheduler, *, attention, defaults, step)
       -> Program``: one compiled unit (step, round or whole run) on abstract inputs, for bench and comm.
     min_steps: the shortest schedule a plan of this strategy runs (ParaStep: warm-up + one round).

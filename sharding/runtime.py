@@ -52,7 +52,7 @@ def place_inputs(mesh, noise, context, guidance: float, scheduler):
     scale as a float32 scalar, ``solver_state`` ``scheduler.init(x)`` in fresh buffers (a state may alias
     the sample, and samplers donate both)."""
     x = place(jnp.array(noise, jnp.float32, copy=True), mesh)
-    ctx = place(jnp.asarray(context), mesh)
+    ctx = place(jax.tree.map(jnp.asarray, context), mesh)  # an array, or a pytree (image-to-video)
     g = place(jnp.float32(guidance), mesh)
     sstate = place(jax.tree.map(lambda a: jnp.array(a, copy=True), scheduler.init(x)), mesh)
     return x, ctx, g, sstate

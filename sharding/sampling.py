@@ -8,9 +8,12 @@ solver state stay replicated and global.
 
 One jitted function per distinct static partition does the prediction and the scheduler update
 together (one for exact strategies; a few for Latent Parallelism, whose partition axis rotates), all
-compiled before the loop. The Python loop only dispatches.
+compiled before the loop. The Python loop only dispatches. With two experts (Wan2.2 A14B,
+:class:`~jaxvdm.sharding.experts.Experts`) each expert has its own placed weights and compiled steps, and
+each step dispatches its own expert's (chosen on the host from its timestep).
 
 * :func:`sample` -- the strategy contract: ``(latents, timings)`` for a plan on a mesh.
+* :func:`denoise` -- the loop over one or more experts' :class:`Denoiser` s.
 * :func:`step_program` -- one denoising step compiled for abstract weights and inputs (``bench``, ``comm``).
 * :class:`Denoiser` -- a transformer placed for ``(plan, mesh)`` with its compiled steps; :func:`placed`
   returns a cached one (weights are placed once), :func:`clear_placements` drops the cache.
@@ -30,11 +33,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxvdm.models.wan.transformer.model import WanTransformer
 from jaxvdm.sharding import runtime
+from jaxvdm.sharding.experts import Experts, as_experts, expert_guidance, primary, step_experts
 from jaxvdm.sharding.mesh import place
 from jaxvdm.sharding.plan import Plan
 from jaxvdm.sharding.predict import LPWindow, block_dims, guided_prediction, shard_map, state_specs, step_windows
 
-__all__ = ["Denoiser", "Program", "sample", "step_program", "placed", "clear_placements", "abstract_like"]
+__all__ = ["Denoiser", "Program", "denoise", "sample", "step_program", "placed", "clear_placements", "abstract_like"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,25 +146,41 @@ class Denoiser:
         step variant is compiled before the loop, so the loop time is denoising only; ``useful_forwards``
         lists ``((T, H, W), count)`` of the one-device algorithm's model forwards (for FLOP counts).
         """
-        n = scheduler.num_steps
-        parts = self.windows(noise.shape, n)  # validated before anything is placed or compiled
-        x, ctx, g, sstate = runtime.place_inputs(self.mesh, noise, context, guidance, scheduler)
-        compile_before = self.programs.seconds
-        variants = {}
+        return denoise((self,), (0,) * scheduler.num_steps, noise, context, (guidance,), scheduler,
+                       progress=progress)
+
+
+def denoise(dens, which, noise, context, guidances, scheduler, *, progress: bool | None = None):
+    """The one-device loop over experts: step ``i`` runs ``dens[which[i]]``'s compiled step with guidance
+    ``guidances[which[i]]``. ``dens`` are :class:`Denoiser` s of one plan and mesh (one per expert).
+
+    Returns what :meth:`Denoiser.sample` returns. Every step variant of every used expert is compiled
+    before the loop; with one expert this is exactly :meth:`Denoiser.sample`.
+    """
+    n = scheduler.num_steps
+    lead = dens[which[0]]
+    parts = lead.windows(noise.shape, n)  # validated before anything is placed or compiled
+    x, ctx, g0, sstate = runtime.place_inputs(lead.mesh, noise, context, guidances[0], scheduler)
+    gs = [g0] + [lead.place(jnp.float32(g)) for g in guidances[1:]]
+    compile_s = 0.0
+    variants = {}
+    for e in dict.fromkeys(which):
+        den = dens[e]
+        before = den.programs.seconds
         for lp in parts:
-            key = None if lp is None else lp.key()
+            key = (e, None if lp is None else lp.key())
             if key not in variants:
-                variants[key] = self.compiled_step(scheduler, lp, (self.state, x, sstate, jnp.int32(0), ctx, g))
-        fns = [variants[None if lp is None else lp.key()] for lp in parts]
-        compile_s = self.programs.seconds - compile_before
-        t0 = time.perf_counter()
-        with runtime.progress_bar(n, f"denoise [{self.plan.describe()}]", progress) as bar:
-            for i, fn in enumerate(fns):
-                x, sstate = fn(self.state, x, sstate, jnp.int32(i), ctx, g)
-                bar.done(1, x)
-            x.block_until_ready()
-        return x, {"compile_s": compile_s, "denoise_s": time.perf_counter() - t0,
-                   "useful_forwards": [(tuple(noise.shape[2:]), n)]}
+                variants[key] = den.compiled_step(scheduler, lp, (den.state, x, sstate, jnp.int32(0), ctx, gs[e]))
+        compile_s += den.programs.seconds - before
+    fns = [variants[(e, None if lp is None else lp.key())] for e, lp in zip(which, parts)]
+    t0 = time.perf_counter()
+    with runtime.progress_bar(n, f"denoise [{lead.plan.describe()}]", progress) as bar:
+        for i, (e, fn) in enumerate(zip(which, fns)):
+            x, sstate = fn(dens[e].state, x, sstate, jnp.int32(i), ctx, gs[e])
+            bar.done(1, x)
+        x.block_until_ready()
+    return x, {"compile_s": compile_s, "denoise_s": time.perf_counter() - t0,
+               "useful_forwards": [(tuple(noise.shape[2:]), n)]}
 
 
 _PLACEMENTS: collections.OrderedDict = collections.OrderedDict()
@@ -190,22 +210,30 @@ def clear_placements() -> None:
     _PLACEMENTS.clear()
 
 
-def sample(model: WanTransformer, plan: Plan, mesh: Mesh | None, noise, context, guidance: float, scheduler, *,
-           attention: str | None = None, progress: bool | None = None, defaults=None, seed: int | None = None):
+def sample(model: WanTransformer | Experts, plan: Plan, mesh: Mesh | None, noise, context, guidance: float,
+           scheduler, *, attention: str | None = None, progress: bool | None = None, defaults=None,
+           seed: int | None = None):
     """The strategy contract for predict transforms: denoise ``noise`` with ``plan`` on ``mesh``.
 
-    Returns ``(latents [1, C, T, H, W] float32, timings)``. ``defaults`` (the model's settings) and
-    ``seed`` (the user's seed, for strategies that draw random numbers of their own) are not needed by
-    predict transforms and are accepted for the common signature.
+    ``model`` is one transformer or an :class:`~jaxvdm.sharding.experts.Experts` (Wan2.2 A14B): each step
+    runs the compiled step of its own expert (chosen on the host by its timestep), with that expert's
+    guidance; both experts' weights stay placed for the whole run. Returns
+    ``(latents [1, C, T, H, W] float32, timings)``. ``defaults`` (the model's settings) and ``seed`` (the
+    user's seed, for strategies that draw random numbers of their own) are not needed by predict
+    transforms and are accepted for the common signature.
     """
-    return placed(model, plan, mesh, attention).sample(noise, context, guidance, scheduler, progress=progress)
+    experts = as_experts(model)
+    which = step_experts(experts, scheduler)
+    dens = tuple(placed(m, plan, mesh, attention) for m in experts.models)
+    return denoise(dens, which, noise, context, expert_guidance(experts, guidance), scheduler, progress=progress)
 
 
-def step_program(model: WanTransformer, plan: Plan, mesh: Mesh | None, latent_shape, text_shape, scheduler, *,
+def step_program(model: WanTransformer | Experts, plan: Plan, mesh: Mesh | None, latent_shape, text_shape, scheduler, *,
                  attention: str | None = None, defaults=None, step: int = 0) -> Program:
     """Step ``step`` of the schedule compiled for ``model`` (abstract or real) and abstract inputs:
-    ``x [latent_shape]``, context ``[text_shape]`` (batch 2 with guidance), nothing allocated."""
-    den = placed(model, plan, mesh, attention)
+    ``x [latent_shape]``, context ``[text_shape]`` (batch 2 with guidance), nothing allocated. For
+    :class:`~jaxvdm.sharding.experts.Experts`, the first expert's step (every expert's costs the same)."""
+    den = placed(primary(model), plan, mesh, attention)
     lp = den.windows(latent_shape, scheduler.num_steps)[step]
     x = jax.ShapeDtypeStruct(tuple(latent_shape), jnp.float32)
     args = abstract_like((x, jax.eval_shape(scheduler.init, x), jax.ShapeDtypeStruct((), jnp.int32),

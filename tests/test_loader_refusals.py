@@ -4,7 +4,7 @@
   ``UNSUPPORTED``), or a scheduler option it does not honour: the message, before any weights are read. The
   folders are skeletons (configs as diffusers writes them, no weights): a skeleton without the flag gets
   past these checks and fails on the missing weights instead, so each refusal is the flag's. (Real Wan2.2
-  and image-to-video folders written by diffusers are refused in ``test_wan_pipeline.py``.)
+  and image-to-video folders written by diffusers load in ``test_wan22_experts.py`` and ``test_wan_i2v_pipeline.py``.)
 * ``load_transformer`` on a bare original-format file without ``config.json``: read from its tensor shapes
   when they determine the config (hidden size a multiple of Wan's head dim 128, with a warning naming the
   guessed fields), otherwise a message saying exactly what to pass.
@@ -38,15 +38,9 @@ MODEL_INDEX = {
 }
 
 # A value that sets each UNSUPPORTED entry, as the Wan2.2 / I2V folders have it.
-SETTING = {
-    ("model_index.json", "transformer_2"): ["diffusers", "WanTransformer3DModel"],
-    ("model_index.json", "boundary_ratio"): 0.875,
-    ("model_index.json", "expand_timesteps"): True,
-    ("model_index.json", "image_encoder"): ["transformers", "CLIPVisionModel"],
-    ("model_index.json", "image_processor"): ["transformers", "CLIPImageProcessor"],
-    ("transformer/config.json", "image_dim"): 1280,
-    ("transformer/config.json", "added_kv_proj_dim"): 5120,
-}
+SETTING: dict = {}  # every entry has landed (Wan2.2 TI2V's expand_timesteps last); new ones get a value here
+CLIP = {"image_encoder": ["transformers", "CLIPVisionModel"], "image_processor": ["transformers", "CLIPImageProcessor"]}
+I2V = {"_class_name": "WanImageToVideoPipeline"}
 
 
 def _skeleton(root, *, index=None, transformer=None, scheduler=None):
@@ -96,17 +90,52 @@ def test_unsupported_component_or_flag_is_refused(tmp_path, where, key):
     assert "while loading" not in msg  # refused before any weights were read
 
 
-def test_wan22_a14b_names_both_expert_entries(tmp_path):
-    folder = _skeleton(tmp_path / "a14b", index={"transformer_2": SETTING[("model_index.json", "transformer_2")],
-                                                 "boundary_ratio": 0.9})
-    msg = _refusal(folder)
-    assert "transformer_2=['diffusers', 'WanTransformer3DModel']" in msg and "boundary_ratio=0.9" in msg
-    assert msg.count("two experts are not supported yet") == 2
+EXPERT = ["diffusers", "WanTransformer3DModel"]
+
+
+def _two_experts(root, *, index=None, transformer_2=None):
+    """A Wan2.2 A14B skeleton: transformer_2/ beside transformer/ (its config: the first's, edited)."""
+    folder = _skeleton(root, index={"transformer_2": EXPERT, "boundary_ratio": 0.875, **(index or {})})
+    (folder / "transformer_2").mkdir()
+    cfg = {**json.loads((folder / "transformer" / "config.json").read_text()), **(transformer_2 or {})}
+    (folder / "transformer_2" / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_wan22_a14b_skeleton_gets_past_the_checks(tmp_path):
+    msg = _refusal(_two_experts(tmp_path / "a14b"))
+    assert "while loading the 'transformer' component" in msg and RUNS not in msg
+
+
+@pytest.mark.parametrize("index,transformer_2,message", [
+    (dict(boundary_ratio=None), None, "lists transformer_2 but no boundary_ratio: the low-noise expert would never run"),
+    (dict(transformer_2=[None, None]), None, "sets boundary_ratio=0.875 but no transformer_2"),
+    (dict(boundary_ratio=1.5), None, "boundary_ratio=1.5: it must be a number in [0, 1]"),
+    (None, dict(num_layers=3), "transformer/ and transformer_2/ have different configs (num_layers)"),
+    (None, dict(image_dim=1280), "transformer/ and transformer_2/ have different configs (image_dim)"),
+])
+def test_wan22_a14b_expert_entries_are_checked(tmp_path, index, transformer_2, message):
+    msg = _refusal(_two_experts(tmp_path / "a14b", index=index, transformer_2=transformer_2))
+    assert message in msg and "while loading" not in msg
+
+
+def test_wan22_a14b_missing_expert_folder(tmp_path):
+    folder = _skeleton(tmp_path / "a14b", index={"transformer_2": EXPERT, "boundary_ratio": 0.875})
+    assert "missing component folder(s) ['transformer_2']" in _refusal(folder)
 
 
 @pytest.mark.parametrize("index,transformer,message", [
-    (dict(_class_name="WanImageToVideoPipeline"), None,
-     "model_index.json describes 'WanImageToVideoPipeline', not a text-to-video WanPipeline"),
+    (I2V, None, "transformer/config.json has in_channels=16: an image-to-video transformer takes noise, mask and "
+                "image latent, 2 * out_channels + 4 = 36"),
+    (None, dict(in_channels=36, image_dim=1280), "describes an image-to-video transformer (in_channels=36, "
+                                                 "image_dim=1280) in a text-to-video WanPipeline"),
+    (CLIP, None, "model_index.json lists image_encoder in a text-to-video WanPipeline"),
+    (dict(expand_timesteps=True), dict(in_channels=36), "sets expand_timesteps (Wan2.2 TI2V), which needs a "
+                                                        "transformer whose input is the noise alone"),
+    (I2V, dict(in_channels=36, image_dim=1280), "sets image_dim=1280 (CLIP image states) but model_index.json lacks "
+                                               "image_encoder and image_processor"),
+    ({**I2V, **CLIP}, dict(in_channels=36), "lists image_encoder and image_processor, but the transformer has no image "
+                                           "branch"),
     (dict(_class_name="WanVACEPipeline"), None, "describes 'WanVACEPipeline'"),
     (dict(transformer=["diffusers", "WanVACETransformer3DModel"]), None,
      "model_index.json's transformer is a 'WanVACETransformer3DModel', not a WanTransformer3DModel"),
