@@ -44,6 +44,7 @@ CONFIGS = [  # (label, strategy, mesh axes, options)
     ("lp K=4 unite", "lp", {"lp": 4}, {"schedule": "unite"}),
     ("lp+cfg K=2", "lp+cfg", {"cfg": 2, "lp": 2}, {}),
     ("parastep N=2 W=5", "parastep", {"step": 2}, {}),
+    ("parastep N=3 W=5", "parastep", {"step": 3}, {}),
     ("parastep N=4 W=5", "parastep", {"step": 4}, {}),
     ("dualparal oracle (1 device)", "dualparal", None, {}),
     ("dualparal 2 stages", "dualparal", {"stage": 2}, {}),
@@ -105,7 +106,7 @@ def _reuse_only_rows(prompts, refs, kw) -> list[dict]:
     den = sampling.placed(pipe.transformer, resolve("single", None), None)
     f = jax.jit(den.predict_fn(None))
     rows = []
-    for n in (2, 4):
+    for n in (2, 3, 4):
         errs, psnrs, videos = [], [], []
         for i, pr in enumerate(prompts):
             ctx = pipe.encode_text([pr, d.get("negative_prompt", "")])
