@@ -236,3 +236,21 @@ def test_wan14_720p_fits_v5e8_with_fsdp_ulysses_and_is_refused_replicated(tmp_pa
     msg = refused["tpu"]["memory"]["message"]
     assert msg.startswith("does not fit: needs ") and "a v5e chip has 16 GiB" in msg
     assert refused["tpu"]["memory"]["bytes_per_chip"] > _weight_bytes("wan2.1-t2v-14b") > 16 * GIB
+
+
+@needs_libtpu
+def test_bench_abstract_target_reports_per_chip_memory_and_an_estimate(tmp_path, capsys):
+    """``jaxvdm bench --abstract --target`` compiles each strategy's step for the TPU slice (nothing runs):
+    per-chip memory against the chip's HBM, and the roofline estimate, as ``jaxvdm comm --target`` does."""
+    from jaxvdm.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--abstract", "--target", "v5e-4", "--model", "tiny", "--strategies", "ulysses",
+                 "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    tpu = row["tpu"]
+    assert tpu["target"] == "v5e-4" and tpu["memory"]["fits"] and tpu["memory"]["hbm_gib"] == 16
+    assert tpu["estimate"]["unit_s"] > 0 and row["mesh"] == "sp=4"
+    assert "ESTIMATE" in capsys.readouterr().out
+    assert main(["bench", "--target", "v5e-4", "--model", "tiny"]) == 2  # --target needs --abstract
+    assert "add --abstract" in capsys.readouterr().err

@@ -84,6 +84,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights, noise and embeddings")
     p.add_argument("--cpu-devices", type=int, default=None, help="simulate this many CPU devices")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
+    p.add_argument("--abstract", action="store_true",
+                   help="compile instead of timing: each strategy's step on abstract weights (nothing allocated), "
+                        "reporting memory, collectives and, with --target, per-chip memory against the chip's HBM "
+                        "and a roofline estimate of step time (what jaxvdm comm reports)")
+    p.add_argument("--target", default=None, metavar="TPU",
+                   help="with --abstract: compile for this TPU slice (v4-8, v5e-4, v5e-8, v5p-8, v5p-16, v6e-4, "
+                        "v6e-8, v6e-16; needs libtpu, not a TPU)")
     return p
 
 
@@ -103,6 +110,20 @@ def _loop_steps(args, units, steps: int) -> dict[str, int]:
     return out
 
 
+def _run_abstract(args) -> int:
+    """``jaxvdm bench --abstract``: each strategy's compiled unit on abstract weights, as ``jaxvdm comm``
+    reports it (the same code), with bench's flags; nothing is allocated or timed."""
+    import argparse
+
+    from jaxvdm.sharding.comm.command import run_comm
+
+    comm_args = argparse.Namespace(
+        model=args.model, size=args.size, frames=args.frames, mesh=args.mesh, strategy=args.strategies,
+        dtype=args.dtype, attention=args.attention, steps=args.steps, opt=args.opt, step_index=None,
+        cpu_devices=args.cpu_devices, target=args.target, opt_level=None, hlo=None, json=args.json)
+    return run_comm(comm_args)
+
+
 def run(args) -> int:
     """``jaxvdm bench``: measures, prints the table, writes ``--json``. Returns the exit status: 0 when every
     row was measured or skipped with a reason, 1 when a row failed (the table says why)."""
@@ -110,6 +131,10 @@ def run(args) -> int:
     from jaxvdm.bench.measure import Context, compilation_cache, run_unit
     from jaxvdm.bench.torch_ref import run_torch
 
+    if args.target is not None and not args.abstract:
+        raise ValueError("--target compiles for TPU chips without running anything: add --abstract")
+    if args.abstract:
+        return _run_abstract(args)
     t_start = time.perf_counter()
     command = getattr(args, "command_line", None) or shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])
     spec = model_spec(args.model)
