@@ -125,7 +125,8 @@ def test_flf2v_matches_diffusers(i2v):
         _ours(i2v.ours, i2v.first, i2v.last)
 
 
-@pytest.mark.parametrize("strategy,mesh", [("cfg", "cfg=2"), ("ulysses", "sp=4"), ("cfg+ulysses", "cfg=2,sp=2")])
+@pytest.mark.parametrize("strategy,mesh", [("cfg", "cfg=2"), ("ulysses", "sp=4"), ("cfg+ulysses", "cfg=2,sp=2"),
+                                           ("ring", "sp=2"), ("fsdp", "fsdp=2")])
 def test_exact_strategies_equal_single_device(i2v, devices, strategy, mesh):
     _NOISE["noise"] = i2v.noise
     ref = _ours(i2v.ours, i2v.first)
@@ -202,3 +203,28 @@ def test_wan22_i2v_two_experts_match_diffusers(i2v, tmp_path):
     for last in (None, i2v.last):
         theirs = _theirs(pipe, i2v.first, last)
         assert rel_err(_ours(ours, i2v.first, last), theirs) <= 1e-4
+
+
+def test_parastep_carries_the_condition(i2v, devices):
+    """ParaStep with an image equals the algorithm re-enacted serially (``parastep.serial_reenactment``) with
+    the single-device guided prediction on the same conditioned context; with another image it differs."""
+    from jaxvdm import pipeline as surface
+    from jaxvdm.models.schedulers import make_scheduler
+    from jaxvdm.sharding import parastep
+
+    _NOISE["noise"] = i2v.noise
+    pipe = i2v.ours
+    out = _ours(pipe, i2v.first, mesh=make_mesh(step=2), strategy="parastep", warmup=1)
+    sched = make_scheduler(pipe.defaults.get("scheduler", "unipc"), STEPS, pipe.defaults["flow_shift"])
+    den = Denoiser(pipe.transformer, resolve("single", None), None)
+    f = jax.jit(den.predict_fn(None))
+    text = surface._text_context(pipe, tiny_wan.PROMPT, tiny_wan.NEGATIVE, True, None, None)
+
+    def reenact(image):
+        ctx = surface._image_context(pipe, text, image, None, FRAMES, HEIGHT, WIDTH)
+        return parastep.serial_reenactment(
+            lambda x, i, p: f(den.state, x, sched.timestep(i), ctx, jnp.float32(GUIDANCE)), sched,
+            jnp.asarray(i2v.noise.numpy()), warmup=1, n=2)
+
+    assert rel_err(out, reenact(i2v.first)) <= 1e-5
+    assert rel_err(out, reenact(i2v.last)) > 1e-3
