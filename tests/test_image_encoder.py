@@ -161,11 +161,18 @@ def test_preprocessing_equals_clip_image_processor(hw):
 
 
 def test_resize_is_pillows():
-    img = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    for size in [(11, 7), (80, 120), (37, 20), (5, 53)]:
+    """Bit-identical to Pillow, also when both axes change (where Pillow picks its own pass order)."""
+    g = np.random.default_rng(1)
+    img = g.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    sizes = [(11, 7), (80, 120), (37, 20), (5, 53), (32, 48), (48, 52)]
+    sizes += [tuple(int(v) for v in g.integers(4, 70, 2)) for _ in range(20)]
+    for size in sizes:
         for resample in (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC):
             want = np.asarray(Image.fromarray(img).resize(size[::-1], resample=resample))
             np.testing.assert_array_equal(resize_uint8(img, size, int(resample)), want)
+    grey = img[..., :1]
+    np.testing.assert_array_equal(resize_uint8(grey, (20, 30))[..., 0],
+                                  np.asarray(Image.fromarray(grey[..., 0]).resize((30, 20), Image.Resampling.BICUBIC)))
 
 
 def test_processor_config_round_trip(tmp_path):

@@ -2,10 +2,8 @@
 
 ``CLIPImageProcessor`` (transformers' PIL backend, the one transformers falls back to without
 torchvision): resize the shortest edge to 224 with bicubic resampling on the uint8 pixels, centre-crop
-224 x 224, rescale by 1/255, normalise with the OpenAI CLIP mean and std. The resize is Pillow's
-algorithm reproduced exactly (separable, antialiased when shrinking, fixed-point coefficients with
-22 fractional bits, horizontal pass first, each pass rounded and clipped to uint8), so the output
-equals transformers' on the same uint8 image.
+224 x 224, rescale by 1/255, normalise with the OpenAI CLIP mean and std. The resize is Pillow's own
+(as transformers' PIL backend calls it), so the output equals transformers' on the same uint8 image.
 
 (With torchvision installed, transformers 5 picks a torchvision backend whose antialiased resize
 differs from Pillow's by a grey level here and there; Wan's published ``preprocessor_config.json``
@@ -27,7 +25,6 @@ __all__ = ["ImageProcessorConfig", "CLIP_MEAN", "CLIP_STD", "resize_uint8", "res
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _BILINEAR, _BICUBIC = 2, 3  # PIL.Image.Resampling values, as preprocessor_config.json stores them
-_PRECISION_BITS = 32 - 8 - 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,73 +79,25 @@ class ImageProcessorConfig:
                    **{k: bool(d.get(k, True)) for k in ("do_resize", "do_center_crop", "do_rescale", "do_normalize")})
 
 
-# ----------------------------------------------------------------------------- Pillow's resampling
-
-
-def _bicubic(x: np.ndarray) -> np.ndarray:
-    # a = -0.5, the evaluation order of Pillow's bicubic_filter (double precision)
-    x = np.abs(x)
-    near = ((1.5 * x - 2.5) * x) * x + 1.0
-    far = ((((x - 5.0) * x + 8.0) * x) - 4.0) * -0.5
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
-def _bilinear(x: np.ndarray) -> np.ndarray:
-    x = np.abs(x)
-    return np.where(x < 1.0, 1.0 - x, 0.0)
-
-
-_FILTERS = {_BILINEAR: (_bilinear, 1.0), _BICUBIC: (_bicubic, 2.0)}
-
-
-def _coefficients(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc``: source index ``[out, K]`` and
-    fixed-point weight ``[out, K]`` (int64, zero where unused) of every output pixel."""
-    filt, support = _FILTERS[resample]
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = support * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
-    centers = (np.arange(out_size) + 0.5) * scale
-    xmin = np.maximum((centers - support + 0.5).astype(np.int64), 0)  # C's (int) truncates
-    xmax = np.minimum((centers + support + 0.5).astype(np.int64), in_size) - xmin
-    taps = np.arange(ksize)
-    used = taps[None, :] < xmax[:, None]
-    w = np.where(used, filt((taps[None, :] + xmin[:, None] - centers[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
-    total = np.zeros(out_size)
-    for j in range(ksize):  # sequential sum, as the C loop
-        total = total + w[:, j]
-    w = np.where(total[:, None] != 0.0, w / np.where(total == 0.0, 1.0, total)[:, None], w)
-    fixed = np.trunc(np.where(w < 0, -0.5, 0.5) + w * (1 << _PRECISION_BITS)).astype(np.int64)
-    index = np.minimum(xmin[:, None] + taps[None, :], in_size - 1)
-    return index, np.where(used, fixed, 0)
-
-
-def _resample_axis(img: np.ndarray, out_size: int, axis: int, resample: int) -> np.ndarray:
-    index, fixed = _coefficients(img.shape[axis], out_size, resample)
-    x = np.ascontiguousarray(np.moveaxis(img, axis, 0), np.int64)  # [in, ...]: taps gather contiguous rows
-    bcast = (slice(None),) + (None,) * (x.ndim - 1)
-    acc = np.full((out_size,) + x.shape[1:], 1 << (_PRECISION_BITS - 1), np.int64)
-    for j in range(index.shape[1]):
-        acc += x[index[:, j]] * fixed[:, j][bcast]
-    out = np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
-    return np.moveaxis(out, 0, axis)
+# ----------------------------------------------------------------------------- resizing
 
 
 def resize_uint8(image: np.ndarray, size: tuple[int, int], resample: int = _BICUBIC) -> np.ndarray:
-    """Pillow's ``Image.resize(size, resample)`` of a uint8 ``[H, W, C]`` image, exactly: ``-> [h, w, C]``
-    uint8 (``size`` = (h, w)). Width first, then height, each pass rounded to uint8."""
-    if image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"resize_uint8 takes a uint8 [H, W, C] image, got {image.dtype} {image.shape}")
+    """Pillow's ``Image.resize(size, resample)`` of a uint8 ``[H, W, C]`` image (C = 1 or 3): ``-> [h, w, C]``
+    uint8 (``size`` = (h, w)). Pillow itself does it (what transformers' PIL backend calls), so the pass
+    order Pillow picks when both axes change is its own."""
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(f"resize_uint8 takes a uint8 [H, W, 1 or 3] image, got {image.dtype} {image.shape}")
     h, w = (int(v) for v in size)
     if h < 1 or w < 1:
         raise ValueError(f"resize target must be positive, got {size}")
-    out = image
-    if w != image.shape[1]:
-        out = _resample_axis(out, w, 1, resample)
-    if h != image.shape[0]:
-        out = _resample_axis(out, h, 0, resample)
-    return out
+    if (h, w) == image.shape[:2]:
+        return image
+    pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+    out = np.asarray(pil.resize((w, h), resample=int(resample)))
+    return out.reshape(h, w, image.shape[2])
 
 
 # ----------------------------------------------------------------------------- the processor
