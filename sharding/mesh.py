@@ -20,10 +20,15 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-__all__ = ["AXES", "make_mesh", "format_mesh", "parse_mesh_spec", "axis_size", "place", "replicated", "mesh_shape",
+__all__ = ["AXES", "make_mesh", "mesh_order", "format_mesh", "parse_mesh_spec", "axis_size", "place", "replicated", "mesh_shape",
            "simulate_cpu_devices"]
 
 AXES = ("cfg", "lp", "step", "stage", "fsdp", "sp")
+
+
+def mesh_order(sizes: dict[str, int]) -> dict[str, int]:
+    """``sizes`` with its axes in :data:`AXES` order (others after them, as given): the order meshes are built in."""
+    return {a: sizes[a] for a in [a for a in AXES if a in sizes] + [a for a in sizes if a not in AXES]}
 
 
 def make_mesh(axes: Mapping[str, int] | None = None, /, *, devices=None, **sizes: int) -> Mesh:

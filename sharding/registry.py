@@ -20,7 +20,7 @@ from jaxvdm.sharding.mesh import format_mesh, mesh_shape
 from jaxvdm.sharding.plan import Plan
 
 __all__ = ["BASELINE", "StrategySpec", "STRATEGIES", "Plan", "resolve", "available_strategies", "split_names", "parse_options",
-           "options_for"]
+           "options_for", "sized_axes"]
 
 
 def _one_step(plan: Plan) -> int:
@@ -109,6 +109,24 @@ STRATEGIES: dict[str, StrategySpec] = {
                                            "C + blocks * B latent frames"}),
     ]
 }
+
+
+def sized_axes(strategy: str, pool: Mapping[str, int]) -> tuple[dict[str, int], list[str]]:
+    """The mesh axes of ``strategy`` that have a size, and those that do not: ``(sizes, free)``. An axis takes
+    its size from ``pool`` (``--mesh``), else its fixed size (``cfg`` = 2); the rest are ``free``, in the
+    order of the composition. Callers give the one free axis the devices left."""
+    sizes, free = {}, []
+    for n in split_names(strategy):
+        s = STRATEGIES[n]
+        if s.axis is None:
+            continue
+        if s.axis in pool:
+            sizes[s.axis] = int(pool[s.axis])
+        elif s.fixed_size is not None:
+            sizes[s.axis] = s.fixed_size
+        else:
+            free.append(s.axis)
+    return sizes, free
 
 
 def split_names(strategy: str) -> tuple[str, ...]:

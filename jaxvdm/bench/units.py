@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jaxvdm.sharding.mesh import AXES, format_mesh, parse_mesh_spec
-from jaxvdm.sharding.registry import BASELINE, STRATEGIES, split_names
+from jaxvdm.sharding.mesh import format_mesh, mesh_order, parse_mesh_spec
+from jaxvdm.sharding.registry import BASELINE, STRATEGIES, sized_axes, split_names
 
 __all__ = ["Unit", "mesh_for", "plan_units", "reference_name"]
 
@@ -38,17 +38,7 @@ def mesh_for(strategy: str, pool: dict[str, int], n_devices: int) -> tuple[dict[
     """The mesh axes of ``strategy``: sizes from ``pool`` (``--mesh``), a fixed-size axis at its size
     (``cfg`` = 2), and the one axis left unsized gets the remaining devices. Returns ``(axes, None)`` or
     ``(None, reason to skip)``."""
-    specs = [STRATEGIES[n] for n in split_names(strategy)]
-    sizes, free = {}, []
-    for s in specs:
-        if s.axis is None:
-            continue
-        if s.axis in pool:
-            sizes[s.axis] = int(pool[s.axis])
-        elif s.fixed_size is not None:
-            sizes[s.axis] = s.fixed_size
-        else:
-            free.append(s.axis)
+    sizes, free = sized_axes(strategy, pool)
     known = math.prod(sizes.values()) if sizes else 1
     if len(free) > 1:
         return None, f"give the sizes of axes {free} with --mesh (e.g. --mesh {free[0]}=2)"
@@ -61,8 +51,7 @@ def mesh_for(strategy: str, pool: dict[str, int], n_devices: int) -> tuple[dict[
     total = math.prod(sizes.values()) if sizes else 1
     if total > n_devices:
         return None, f"mesh {format_mesh(sizes)} needs {total} devices, have {n_devices}"
-    order = [a for a in AXES if a in sizes] + [a for a in sizes if a not in AXES]
-    return {a: sizes[a] for a in order}, None
+    return mesh_order(sizes), None
 
 
 def plan_units(strategies: str, mesh: str | None, n_devices: int, *, baseline: bool = True,

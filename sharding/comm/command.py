@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxvdm.sharding.comm.report import format_bytes, report_of_hlo
-from jaxvdm.sharding.mesh import AXES, format_mesh, parse_mesh_spec, simulate_cpu_devices
+from jaxvdm.sharding.mesh import format_mesh, mesh_order, parse_mesh_spec, simulate_cpu_devices
 
 __all__ = ["add_comm_parser", "run_comm", "phase_breakdown", "target_axes", "tpu_summary"]
 
@@ -103,19 +103,9 @@ def target_axes(strategy: str, pool: dict[str, int], chips: int) -> dict[str, in
     at its size (``cfg`` = 2), and the one axis left unsized takes the remaining chips; a strategy with no
     axis gets a one-chip mesh (``sp=1``). Raises ValueError when two axes are unsized or the chips do not
     suffice."""
-    from jaxvdm.sharding.registry import STRATEGIES, split_names
+    from jaxvdm.sharding.registry import sized_axes
 
-    sizes, free = {}, []
-    for n in split_names(strategy):
-        s = STRATEGIES[n]
-        if s.axis is None:
-            continue
-        if s.axis in pool:
-            sizes[s.axis] = int(pool[s.axis])
-        elif s.fixed_size is not None:
-            sizes[s.axis] = s.fixed_size
-        else:
-            free.append(s.axis)
+    sizes, free = sized_axes(strategy, pool)
     if len(free) > 1:
         raise ValueError(f"strategy {strategy!r} has axes {free} to size: give all but one with --mesh "
                          f"(e.g. --mesh {free[0]}=2)")
@@ -127,7 +117,7 @@ def target_axes(strategy: str, pool: dict[str, int], chips: int) -> dict[str, in
     total = math.prod(sizes.values())
     if min(sizes.values()) < 1 or total > chips:
         raise ValueError(f"mesh {format_mesh(sizes)} needs {total} chips, the target has {chips}")
-    return {a: sizes[a] for a in [a for a in AXES if a in sizes] + [a for a in sizes if a not in AXES]}
+    return mesh_order(sizes)
 
 
 def tpu_summary(compiled, target, runs: int, compile_s: float) -> dict:
