@@ -26,66 +26,22 @@ from jaxvdm.models.wan.pipeline import load_pipeline
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-spm = pytest.importorskip("sentencepiece")
 
-UMT5 = dict(vocab_size=300, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-            relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.0)
-DIT = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
-           text_dim=UMT5["d_model"], freq_dim=32, ffn_dim=48, num_layers=2, rope_max_seq_len=64)
+import tiny_wan  # noqa: E402
+from tiny_wan import DIT, NEGATIVE, PROMPT, UMT5  # noqa: E402
+
 FLOW_SHIFT = 5.0  # not the 3.0 default: the loader must read it from scheduler/
 FRAMES, HEIGHT, WIDTH, STEPS, GUIDANCE = 9, 32, 32, 4, 5.0
 LATENT = (1, 16, 3, 4, 4)  # 9 frames -> 1 + 8/4 latent frames; 32 px / 8
-PROMPT = "A red fox jumps over the lazy brown dog in the snow."
-NEGATIVE = "Bright tones, overexposed, static, blurred details, subtitles."
-SENTENCES = [
-    "A cat and a dog baking a cake together in a kitchen.",
-    "The cat is carefully measuring flour, while the dog is stirring the batter.",
-    NEGATIVE,
-    PROMPT,
-    "Hello world, this is a tiny tokenizer.",
-]
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def _randomise(module, seed, *, gamma_names=(), scale=0.2):
-    """Perturbs every tensor so norm scales, biases and tables are not trivially 1/0 (a mis-mapped one
-    would then go unnoticed)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if any(name.endswith(s) for s in gamma_names):
-                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
-            else:
-                p.add_(scale * torch.randn(p.shape, generator=g))
 
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
     """The tiny diffusers WanPipeline, its folder, and the initial noise."""
     root = tmp_path_factory.mktemp("wan_t2v")
-    torch.manual_seed(0)
-
-    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(**UMT5)).eval()
-    with torch.no_grad():
-        for name, p in text_encoder.named_parameters():
-            if "layer_norm" in name:
-                p.uniform_(0.5, 1.5)
-    sp_dir = root / "sp"
-    sp_dir.mkdir()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(SENTENCES * 4), model_prefix=str(sp_dir / "spiece"), vocab_size=64,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, minloglevel=2,
-    )
-    tokenizer = transformers.T5Tokenizer.from_pretrained(str(sp_dir), local_files_only=True)
-
-    transformer = diffusers.WanTransformer3DModel(**DIT).eval()
-    _randomise(transformer, 1)
-    vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-                                     temperal_downsample=[False, True, True]).eval()
-    _randomise(vae, 2, gamma_names=("gamma",), scale=0.1)
-    scheduler = diffusers.UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=FLOW_SHIFT,
-        solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True, final_sigmas_type="zero")
+    tokenizer, text_encoder = tiny_wan.text_parts(root)
+    transformer, vae, scheduler = tiny_wan.transformer(1), tiny_wan.vae(2), tiny_wan.scheduler(FLOW_SHIFT)
     pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
                                  scheduler=scheduler)
     folder = root / "Wan2.1-T2V-tiny-Diffusers"
