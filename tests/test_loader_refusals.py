@@ -173,7 +173,7 @@ def test_scheduler_class_must_agree_with_model_index(tmp_path):
 
 # ----------------------------------------------------------------------------- config-less original files
 
-from test_wan_transformer import _to_original_layout  # noqa: E402  (the test-side diffusers -> original map)
+from helpers import to_original_wan_layout  # noqa: E402  (the test-side diffusers -> original map)
 
 
 def _bare_original(tmp_path, cfg: dict, seed: int = 0):
@@ -185,7 +185,7 @@ def _bare_original(tmp_path, cfg: dict, seed: int = 0):
             p.add_(0.2 * torch.randn_like(p))
     sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
     path = tmp_path / "bare.safetensors"
-    write_safetensors(path, {f"model.diffusion_model.{k}": v for k, v in _to_original_layout(sd).items()})
+    write_safetensors(path, {f"model.diffusion_model.{k}": v for k, v in to_original_wan_layout(sd).items()})
     assert not (tmp_path / "config.json").exists()
     return path, m
 
@@ -224,7 +224,7 @@ def test_bare_original_file_of_a_preset_shape_loads_without_a_warning(tmp_path):
     want = wan_config("wan2.1-t2v-1.3b")
     shapes = diffusers_tensor_shapes(want)
     fake = {k: np.broadcast_to(np.zeros((), np.float32), s) for k, s in shapes.items()}
-    orig = {f"model.diffusion_model.{k}": v for k, v in _to_original_layout(fake).items()}
+    orig = {f"model.diffusion_model.{k}": v for k, v in to_original_wan_layout(fake).items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _config_from_tensors(orig, "bare.safetensors") == want

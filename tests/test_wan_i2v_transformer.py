@@ -18,7 +18,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-from helpers import rel_err
+from helpers import WAN_IMAGE_NAMES, rel_err, to_original_wan_layout
 
 from jaxvdm.models.checkpoint import CheckpointError, write_safetensors
 from jaxvdm.models.wan.attention import get_attention
@@ -116,35 +116,6 @@ def test_image_branch_bfloat16_close_to_float32(saved):
     assert bf16.dtype == np.float32 and rel_err(bf16, f32) <= 3e-2
 
 
-def _to_original_layout(sd: dict) -> dict:
-    """diffusers names -> original Wan names, written independently of the library's own mapping."""
-    out = {}
-    for k, v in sd.items():
-        o = k
-        for a, b in [("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-                     ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-                     ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-                     ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-                     ("condition_embedder.time_proj", "time_projection.1"),
-                     ("condition_embedder.image_embedder.norm1", "img_emb.proj.0"),
-                     ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
-                     ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"),
-                     ("condition_embedder.image_embedder.norm2", "img_emb.proj.4"),
-                     ("condition_embedder.image_embedder.pos_embed", "img_emb.emb_pos"),
-                     ("attn2.add_k_proj.", "cross_attn.k_img."), ("attn2.add_v_proj.", "cross_attn.v_img."),
-                     ("attn2.norm_added_k.", "cross_attn.norm_k_img."),
-                     ("proj_out", "head.head"), ("attn1.", "self_attn."), ("attn2.", "cross_attn."),
-                     ("to_out.0.", "o."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."),
-                     ("ffn.net.0.proj.", "ffn.0."), ("ffn.net.2.", "ffn.2."), ("norm2.", "norm3.")]:
-            o = o.replace(a, b)
-        if o == "scale_shift_table":
-            o = "head.modulation"
-        elif o.endswith(".scale_shift_table"):
-            o = o.replace(".scale_shift_table", ".modulation")
-        out[o] = v
-    return out
-
-
 def _original_config(cfg: dict, model_type: str) -> dict:
     d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     return {"_class_name": "WanModel", "model_type": model_type, "dim": d, "num_heads": cfg["num_attention_heads"],
@@ -159,7 +130,7 @@ def test_original_layout_equals_diffusers(name, tmp_path):
     m = _torch_model(spec["cfg"], seed=7)
     m.save_pretrained(tmp_path / "diffusers", safe_serialization=True)
     sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
-    orig = _to_original_layout(sd)
+    orig = to_original_wan_layout(sd, WAN_IMAGE_NAMES)
     assert any(k.endswith("cross_attn.k_img.weight") for k in orig) and "img_emb.proj.1.weight" in orig
     # the test-side mapping agrees with diffusers' converter (which leaves FLF2V's img_emb.emb_pos unmapped)
     back = convert_wan_transformer_to_diffusers({k: torch.from_numpy(v) for k, v in orig.items()})

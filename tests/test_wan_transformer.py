@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-from helpers import rel_err
+from helpers import rel_err, to_original_wan_layout
 
 from jaxvdm.models.checkpoint import CheckpointError, read_safetensors, write_safetensors
 from jaxvdm.models.wan import rope as rope_lib
@@ -95,31 +95,9 @@ def test_bfloat16_close_to_float32(saved):
     assert rel_err(bf16, f32) <= 2e-2
 
 
-def _to_original_layout(sd: dict) -> dict:
-    """diffusers names -> original Wan names, written independently of the library's own mapping."""
-    out = {}
-    for k, v in sd.items():
-        o = k
-        for a, b in [("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-                     ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-                     ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-                     ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-                     ("condition_embedder.time_proj", "time_projection.1"),
-                     ("proj_out", "head.head"), ("attn1.", "self_attn."), ("attn2.", "cross_attn."),
-                     ("to_out.0.", "o."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."),
-                     ("ffn.net.0.proj.", "ffn.0."), ("ffn.net.2.", "ffn.2."), ("norm2.", "norm3.")]:
-            o = o.replace(a, b)
-        if o == "scale_shift_table":
-            o = "head.modulation"
-        elif o.endswith(".scale_shift_table"):
-            o = o.replace(".scale_shift_table", ".modulation")
-        out[o] = v
-    return out
-
-
 def test_original_layout_equals_diffusers(saved, tmp_path):
     sd = {k: v.detach().numpy() for k, v in saved["torch"].state_dict().items()}
-    orig = _to_original_layout(sd)
+    orig = to_original_wan_layout(sd)
     # our test-side mapping is validated against diffusers' own converter
     back = convert_wan_transformer_to_diffusers({k: torch.from_numpy(v) for k, v in orig.items()})
     assert set(back) == set(sd)
