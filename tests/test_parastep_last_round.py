@@ -35,6 +35,21 @@ class _Recorded:
         return self._inner.step(state, model_output, sample, step_index)
 
 
+def _count_calls(monkeypatch) -> list:
+    """Wraps the guided prediction of the warm-up (``sampling``) and of the rounds (``parastep``) so that every
+    model call any device makes appends its timestep to the returned list."""
+    calls: list = []
+    real = predict.guided_prediction
+
+    def counting(model, x, t, ctx, g, **kw):
+        jax.debug.callback(lambda t_: calls.append(float(t_)), t)
+        return real(model, x, t, ctx, g, **kw)
+
+    monkeypatch.setattr(sampling, "guided_prediction", counting)
+    monkeypatch.setattr(parastep, "guided_prediction", counting)
+    return calls
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model = init_transformer(CFG, seed=5)
@@ -50,15 +65,7 @@ def test_reported_calls_are_the_calls_that_run(tiny, monkeypatch, steps, warmup,
     step exactly once; the scheduler is never stepped past the last step; the output is the serial
     re-enactment's."""
     model, noise, ctx = tiny
-    calls: list = []
-    real = predict.guided_prediction
-
-    def counting(model, x, t, ctx, g, **kw):
-        jax.debug.callback(lambda t_: calls.append(float(t_)), t)
-        return real(model, x, t, ctx, g, **kw)
-
-    monkeypatch.setattr(sampling, "guided_prediction", counting)  # the warm-up's predict
-    monkeypatch.setattr(parastep, "guided_prediction", counting)  # the rounds' predictions
+    calls = _count_calls(monkeypatch)
     sampling.clear_placements()
     sched = UniPC(steps, shift=3.0)
     seen: list = []
@@ -92,15 +99,7 @@ def test_short_last_round_composes_with_cfg(tiny, monkeypatch):
     spare devices' skipped call sits around the cfg exchange, every later step is evaluated by one cfg pair
     only, and the result equals the serial re-enactment."""
     model, noise, ctx = tiny
-    calls: list = []
-    real = predict.guided_prediction
-
-    def counting(model, x, t, ctx, g, **kw):
-        jax.debug.callback(lambda t_: calls.append(float(t_)), t)
-        return real(model, x, t, ctx, g, **kw)
-
-    monkeypatch.setattr(sampling, "guided_prediction", counting)
-    monkeypatch.setattr(parastep, "guided_prediction", counting)
+    calls = _count_calls(monkeypatch)
     sampling.clear_placements()
     sched = UniPC(11, shift=3.0)
     mesh = make_mesh(step=4, cfg=2)
